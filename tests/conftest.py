@@ -1,0 +1,155 @@
+"""Shared tiny fixtures: a trained-on-the-spot tokenizer, tiny LLM and vision checkpoints, and TinyLLaVA models
+assembled from them through the public `from_pretrained_components` API. Nothing is downloaded."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    BitImageProcessorPil,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    GemmaConfig,
+    LlamaConfig,
+    PhiConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    StableLmConfig,
+)
+
+from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor  # noqa: E402
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "<pad>"]
+CORPUS = [
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "USER: What is shown in the image? ASSISTANT: A red square on a blue background.",
+    "USER: What color is the square? ASSISTANT: The square is red.",
+    "Describe the picture. How many circles are there? Is there a green triangle on the left?",
+    "one two three four five six seven eight nine ten yes no left right top bottom",
+    "red green blue yellow white black circle square triangle shape color position count",
+]
+
+TEXT_CONFIGS = {
+    "llama": lambda vocab: LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+    ),
+    "phi": lambda vocab: PhiConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=256,
+    ),
+    "qwen2": lambda vocab: Qwen2Config(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    ),
+    "stablelm": lambda vocab: StableLmConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    ),
+    "gemma": lambda vocab: GemmaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+    ),
+}
+LLM_FAMILIES = tuple(TEXT_CONFIGS)
+
+_VISION_KWARGS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=8)
+VISION_TOWERS = {
+    "siglip": (
+        lambda: SiglipVisionModel(SiglipVisionConfig(image_size=32, **_VISION_KWARGS)),
+        lambda: SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+    ),
+    "clip": (
+        lambda: CLIPVisionModel(CLIPVisionConfig(image_size=32, **_VISION_KWARGS)),
+        lambda: CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    ),
+    "dinov2": (
+        lambda: Dinov2Model(Dinov2Config(image_size=32, **_VISION_KWARGS)),
+        lambda: BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    ),
+}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a few sentences, with the end-of-turn tokens of every template."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=256
+    )
+
+
+@pytest.fixture(scope="session")
+def components_dir(tmp_path_factory):
+    """Saved tiny LLMs (one per family) and vision towers (one per kind), as from_pretrained_components reads them."""
+    root = tmp_path_factory.mktemp("components")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    for family, make_config in TEXT_CONFIGS.items():
+        config = make_config(len(tokenizer))
+        config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        AutoModelForCausalLM.from_config(config).save_pretrained(root / family)
+        tokenizer.save_pretrained(root / family)
+    for kind, (make_model, make_image_processor) in VISION_TOWERS.items():
+        make_model().save_pretrained(root / kind)
+        make_image_processor().save_pretrained(root / kind)
+    return root
+
+
+def assemble(components_dir, family="llama", vision="siglip", chat_template=None, **config_kwargs):
+    """A tiny (model, processor) pair made through the public from_pretrained_components API."""
+    torch.manual_seed(0)
+    model = TinyLlavaForConditionalGeneration.from_pretrained_components(
+        llm=str(components_dir / family), vision_tower=str(components_dir / vision), **config_kwargs
+    )
+    processor = TinyLlavaProcessor.from_pretrained_components(
+        llm=str(components_dir / family), vision_tower=str(components_dir / vision), chat_template=chat_template,
+        **config_kwargs,
+    )
+    return model, processor
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_processor(components_dir):
+    return assemble(components_dir, "qwen2", "siglip")
+
+
+@pytest.fixture(scope="session")
+def saved_model_dir(tiny_model_and_processor, tmp_path_factory):
+    model, processor = tiny_model_and_processor
+    path = tmp_path_factory.mktemp("saved") / "tiny-tinyllava"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def make_image(width=40, height=24, seed=0) -> Image.Image:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def chat(question="What is shown in the image?", image=None, answer=None):
+    content = ([{"type": "image", "image": image}] if image is not None else []) + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return messages
