@@ -1,0 +1,9 @@
+"""Checkpoint conversion: original TinyLLaVA (Factory, legacy) in; transformers-native LLaVA in and out.
+
+Run `tinyllava-convert --help` (or `python -m conversion --help`) for the command line.
+"""
+
+from .errors import ConversionError
+from .original import ConversionResult, convert_original
+
+__all__ = ["ConversionError", "ConversionResult", "convert_original"]
