@@ -204,7 +204,11 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is not None:
-            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, self.get_image_features(pixel_values))
+            if len(pixel_values):
+                image_features = self.get_image_features(pixel_values)
+            else:  # a text-only batch; merging still checks that it has no placeholders
+                image_features = inputs_embeds.new_zeros(0, 0, inputs_embeds.shape[-1])
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedConfig, ProcessorMixin
 from transformers.image_utils import make_flat_list_of_images
@@ -50,8 +51,8 @@ _CONVERSATION_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
 )
 
-# Pretraining on captions: every user turn is just its image(s) (the question is ignored) and every answer is
-# followed by a newline, with no system prompt and no end-of-turn token.
+# Pretraining on captions: every user turn is just its image(s) (the question is ignored; like the original, a turn
+# renders at least one "<image>") and every answer is followed by a newline, with no system prompt and no end-of-turn.
 _PRETRAIN_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}"
@@ -61,7 +62,7 @@ _PRETRAIN_TEMPLATE = (
     "{%- set num_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
     "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') -%}"
     "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}{{- '<image>' * num_images -}}"
+    "{%- if message['role'] == 'user' -%}{{- '<image>' * ([num_images, 1] | max) -}}"
     "{%- elif message['role'] == 'assistant' -%}{%- generation -%}{{- text + '\\n' -}}{%- endgeneration -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
@@ -101,7 +102,13 @@ def default_chat_template_name(text_model_type: str, tokenizer) -> str:
 
 
 def add_image_token(tokenizer, text_model_type: str):
-    """Adds `<image>` as a special token and sets the pad token by the original's rules (reference §1.4)."""
+    """Prepares an LLM tokenizer for TinyLLaVA.
+
+    Adds `<image>` as a special token, sets the pad token by the original's rules (reference §1.4) and pads on the
+    left, as batched generation (and the image-text-to-text pipeline, which pads with the tokenizer's side) needs.
+    Training collators pad on the right explicitly.
+    """
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # init_kwargs is what gets saved
     tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
     tokenizer.image_token = IMAGE_TOKEN
     if text_model_type in ("phi", "llama", "gemma") and tokenizer.unk_token is not None:
@@ -132,6 +139,25 @@ def processed_image_size(image_processor) -> tuple[int, int]:
     if "height" not in size:
         raise ValueError(f"{type(image_processor).__name__} has no fixed output size ({size}); set crop_size or size.")
     return size["height"], size["width"]
+
+
+def chunk_start_prefix(tokenizer, image_token: str = IMAGE_TOKEN) -> str:
+    """Text that makes whole-string tokenization equal the original's chunk-wise tokenization around images.
+
+    The original tokenizes the text between images as separate strings (reference §2.1). SentencePiece-style
+    tokenizers (Llama, Gemma) prefix a fresh string with "▁", so the text after an image starts with an extra "▁"
+    token. Tokenizing the whole string instead, that prefix is reproduced by one space after the image run; byte-level
+    tokenizers (Qwen2, Phi) need nothing.
+
+    Raises:
+        ValueError: if neither choice reproduces chunk-wise tokenization for this tokenizer.
+    """
+    probe = "\nWhat is it?"
+    alone = tokenizer(probe, add_special_tokens=False).input_ids
+    for prefix in ("", " "):
+        if tokenizer(image_token + prefix + probe, add_special_tokens=False).input_ids[1:] == alone:
+            return prefix
+    raise ValueError(f"Chunk-wise image tokenization cannot be reproduced for {type(tokenizer).__name__}.")
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -170,6 +196,8 @@ class TinyLlavaProcessor(ProcessorMixin):
         num_image_tokens: placeholders per image; each `<image>` in the text expands to this many.
         image_aspect_ratio: `"square"` feeds images to the image processor as they are; `"pad"` first centres them
             on a square canvas filled with the image processor's mean colour, as the original `pad` mode does.
+        chunked_image_tokenization: tokenize as the original does, as if the text between images were separate
+            strings (see `chunk_start_prefix`). Converted original checkpoints set it, for exact token ids.
     """
 
     def __init__(
@@ -180,6 +208,7 @@ class TinyLlavaProcessor(ProcessorMixin):
         image_token: str = IMAGE_TOKEN,
         num_image_tokens: int = 1,
         image_aspect_ratio: str = "square",
+        chunked_image_tokenization: bool = False,
         **kwargs,
     ):
         if image_aspect_ratio not in IMAGE_ASPECT_RATIOS:
@@ -187,7 +216,9 @@ class TinyLlavaProcessor(ProcessorMixin):
         self.image_token = image_token
         self.num_image_tokens = num_image_tokens
         self.image_aspect_ratio = image_aspect_ratio
+        self.chunked_image_tokenization = chunked_image_tokenization
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token) if tokenizer is not None else None
+        self._image_suffix = chunk_start_prefix(tokenizer, image_token) if chunked_image_tokenization else ""
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     @property
@@ -195,7 +226,15 @@ class TinyLlavaProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values"]
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
-        return self.image_token * self.num_image_tokens
+        return self.image_token * self.num_image_tokens + self._image_suffix
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        outputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        # Text-only inputs get an empty image batch, so that they collate with image samples (the pipeline
+        # concatenates `pixel_values` of its samples) and the model still checks that no placeholder is left empty.
+        if "pixel_values" not in outputs and isinstance(outputs.get("input_ids"), torch.Tensor):
+            outputs["pixel_values"] = torch.zeros(0, 3, *processed_image_size(self.image_processor))
+        return outputs
 
     def _process_images(self, images, **kwargs):
         images = [load_image(image) for image in make_flat_list_of_images(images)]

@@ -1,0 +1,248 @@
+"""The model: every LLM family and vision tower, the forward contract, generation and the connectors."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from conftest import LLM_FAMILIES, assemble, chat, make_image
+from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration
+
+
+def _inputs(processor, messages, **kwargs):
+    return processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"padding": True, **kwargs},
+    )
+
+
+@pytest.mark.parametrize("vision", ["clip", "siglip"])
+@pytest.mark.parametrize("family", LLM_FAMILIES)
+def test_every_family_and_tower_runs_forward_and_generate(components_dir, family, vision):
+    model, processor = assemble(components_dir, family, vision)
+    inputs = _inputs(processor, chat(image=make_image()))
+    logits = model(**inputs).logits
+    assert logits.shape == (*inputs["input_ids"].shape, model.config.text_config.vocab_size)
+    assert torch.isfinite(logits).all()
+    generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, inputs["input_ids"].shape[1] + 3)
+
+
+def test_dinov2_tower_runs(components_dir):
+    model, processor = assemble(components_dir, "llama", "dinov2")
+    assert torch.isfinite(model(**_inputs(processor, chat(image=make_image()))).logits).all()
+
+
+def test_phi_lm_head_has_bias_and_qwen2_is_tied(components_dir):
+    phi, _ = assemble(components_dir, "phi", "siglip")
+    assert phi.lm_head.bias is not None
+    qwen, _ = assemble(components_dir, "qwen2", "siglip")
+    assert qwen.config.tie_word_embeddings
+    assert qwen.lm_head.weight.data_ptr() == qwen.get_input_embeddings().weight.data_ptr()
+
+
+def test_pretrained_components_keep_their_weights(components_dir):
+    from transformers import AutoModelForCausalLM, SiglipVisionModel
+
+    model, _ = assemble(components_dir, "llama", "siglip")
+    llm = AutoModelForCausalLM.from_pretrained(components_dir / "llama")
+    vision = SiglipVisionModel.from_pretrained(components_dir / "siglip")
+    layer = model.model.language_model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(layer, llm.model.layers[0].self_attn.q_proj.weight)
+    assert torch.equal(model.model.vision_tower.embeddings.patch_embedding.weight, vision.embeddings.patch_embedding.weight)
+    # The tokenizer gained <image>, so the embeddings grew by one row and kept the old ones.
+    old = llm.get_input_embeddings().weight
+    assert torch.equal(model.get_input_embeddings().weight[: len(old)], old)
+
+
+def test_labels_give_the_shifted_loss_ignoring_minus_100(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    inputs = _inputs(processor, chat(image=make_image()))
+    labels = inputs["input_ids"].clone()
+    labels[:, :10] = -100
+    out = model(**inputs, labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits[0, :-1], labels[0, 1:], ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_inputs_embeds_logits_to_keep_hidden_states_and_attentions(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    inputs = _inputs(processor, chat(image=make_image()))
+    full = model(**inputs, output_hidden_states=True)
+    assert len(full.hidden_states) == model.config.text_config.num_hidden_layers + 1
+    last = model(**inputs, logits_to_keep=1)
+    torch.testing.assert_close(last.logits, full.logits[:, -1:])
+    embeds = model.model.merge_image_features(
+        inputs["input_ids"], model.get_input_embeddings()(inputs["input_ids"]), model.get_image_features(inputs["pixel_values"])
+    )
+    from_embeds = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    torch.testing.assert_close(from_embeds.logits, full.logits)
+    eager, _ = _reload_with_attention(model, "eager")
+    attentions = eager(**inputs, output_attentions=True).attentions
+    assert len(attentions) == model.config.text_config.num_hidden_layers
+    assert attentions[0].shape[-1] == inputs["input_ids"].shape[1]
+
+
+def _reload_with_attention(model, implementation):
+    clone = TinyLlavaForConditionalGeneration(copy.deepcopy(model.config))
+    clone.load_state_dict(model.state_dict())
+    clone.set_attn_implementation(implementation)
+    return clone.eval(), implementation
+
+
+def test_sdpa_is_the_default_and_matches_eager(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    assert model.config.text_config._attn_implementation == "sdpa"
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    inputs = _inputs(processor, chat(image=make_image()))
+    eager, _ = _reload_with_attention(model, "eager")
+    torch.testing.assert_close(eager(**inputs).logits, model(**inputs).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(components_dir):
+    model, processor = assemble(components_dir, "llama", "siglip")
+    inputs = _inputs(processor, chat(image=make_image()))
+    model.train()
+
+    def connector_grad():
+        model.zero_grad()
+        model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        return model.model.connector[0].weight.grad.clone()
+
+    plain = connector_grad()
+    model.gradient_checkpointing_enable()
+    assert model.model.language_model.gradient_checkpointing
+    torch.testing.assert_close(connector_grad(), plain)
+
+
+def test_generation_with_cache_equals_without(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    inputs = _inputs(processor, chat(image=make_image()))
+    with_cache = model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=True)
+    without = model.generate(**inputs, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_pixel_values_reach_the_model_only_on_prefill(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    seen = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("pixel_values") is not None), with_kwargs=True
+    )
+    try:
+        model.generate(**_inputs(processor, chat(image=make_image())), max_new_tokens=4, do_sample=False)
+    finally:
+        hook.remove()
+    assert seen == [True, False, False, False]
+
+
+def test_left_padded_batch_generates_like_each_prompt_alone(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    conversations = [chat("Describe the picture.", image=make_image()), chat("How many circles are there? Is there a green triangle?", image=make_image(seed=1))]
+    batch = _inputs(processor, conversations)
+    assert (batch["attention_mask"][:, 0] == 0).any(), "the shorter prompt must be left-padded"
+    generated = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, -5:]
+    for row, conversation in enumerate(conversations):
+        alone = model.generate(**_inputs(processor, conversation), max_new_tokens=5, do_sample=False)[:, -5:]
+        assert torch.equal(generated[row], alone[0])
+
+
+def test_several_images_and_text_only_samples_share_a_batch(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    two_images = [{"role": "user", "content": [{"type": "image", "image": make_image()}, {"type": "image", "image": make_image(seed=2)}, {"type": "text", "text": "Compare."}]}]
+    text_only = chat("What color is the square?")
+    batch = _inputs(processor, [two_images, text_only])
+    assert batch["pixel_values"].shape[0] == 2
+    logits = model(**batch).logits
+    for row, conversation in enumerate([two_images, text_only]):
+        alone = _inputs(processor, conversation)
+        length = alone["input_ids"].shape[1]
+        torch.testing.assert_close(logits[row, -length:][-1], model(**alone).logits[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_placeholder_and_feature_count_mismatch_is_an_error(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    inputs = _inputs(processor, chat(image=make_image()))
+    inputs["input_ids"][0, inputs["input_ids"][0].tolist().index(processor.image_token_id)] = 0
+    n = processor.num_image_tokens
+    with pytest.raises(ValueError, match=f"{n - 1} image placeholder tokens but the images give {n} features"):
+        model(**inputs)
+
+
+@pytest.mark.parametrize(
+    ("connector_type", "expected_keys"),
+    [
+        ("mlp2x_gelu", {"0.weight", "0.bias", "2.weight", "2.bias"}),
+        ("mlp3x_gelu", {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}),
+        ("linear", {"weight", "bias"}),
+    ],
+)
+def test_connectors_keep_the_original_parameter_layout(components_dir, connector_type, expected_keys):
+    model, processor = assemble(components_dir, "llama", "siglip", connector_type=connector_type)
+    assert set(model.model.connector.state_dict()) == expected_keys
+    assert torch.isfinite(model(**_inputs(processor, chat(image=make_image()))).logits).all()
+
+
+def test_resampler_connector_outputs_num_queries_tokens(components_dir):
+    model, processor = assemble(components_dir, "llama", "siglip", connector_type="resampler", num_queries=4, num_resampler_layers=2)
+    keys = set(model.model.connector.state_dict())
+    assert {"latents", "linear.weight", "layers.1.0.to_kv.weight", "layers.1.1.3.weight", "norm.weight"} <= keys
+    inputs = _inputs(processor, chat(image=make_image()))
+    assert model.get_image_features(inputs["pixel_values"]).shape == (1, 4, model.config.text_config.hidden_size)
+    assert torch.isfinite(model(**inputs).logits).all()
+
+
+def test_identity_connector_needs_equal_widths(components_dir):
+    with pytest.raises(ValueError, match="equal vision and text hidden sizes"):
+        assemble(components_dir, "llama", "siglip", connector_type="identity", vision_feature_layer=[-2, -1])
+
+
+def test_vision_feature_layers_are_concatenated(components_dir):
+    model, processor = assemble(components_dir, "llama", "siglip", vision_feature_layer=[-2, -1])
+    assert model.model.connector[0].in_features == 2 * model.config.vision_config.hidden_size
+    pixel_values = _inputs(processor, chat(image=make_image()))["pixel_values"]
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    expected = model.model.connector(torch.cat([hidden[-2], hidden[-1]], dim=-1))
+    torch.testing.assert_close(model.get_image_features(pixel_values), expected)
+
+
+def test_default_strategy_drops_the_first_token(components_dir):
+    model, processor = assemble(components_dir, "llama", "siglip", vision_feature_select_strategy="default")
+    pixel_values = _inputs(processor, chat(image=make_image()))["pixel_values"]
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(model.get_image_features(pixel_values), model.model.connector(hidden[:, 1:]))
+
+
+def test_image_features_scale_multiplies_the_connector_output(components_dir):
+    model, processor = assemble(components_dir, "gemma", "siglip")
+    pixel_values = _inputs(processor, chat(image=make_image()))["pixel_values"]
+    plain = model.get_image_features(pixel_values)
+    model.config.image_features_scale = math.sqrt(model.config.text_config.hidden_size)
+    torch.testing.assert_close(model.get_image_features(pixel_values), plain * model.config.image_features_scale)
+
+
+def test_unknown_connector_and_model_types_are_errors():
+    with pytest.raises(ValueError, match="Unknown connector_type 'mlp2x_relu'"):
+        TinyLlavaConfig(connector_type="mlp2x_relu")
+    with pytest.raises(ValueError, match="Unsupported vision_config.model_type 'vit'"):
+        TinyLlavaConfig(vision_config={"model_type": "vit"})
+    with pytest.raises(ValueError, match="not_a_model"):
+        TinyLlavaConfig(text_config={"model_type": "not_a_model"})
+    with pytest.raises(ValueError, match="vision_feature_select_strategy"):
+        TinyLlavaConfig(vision_feature_select_strategy="patch")
+
+
+def test_config_is_self_contained_and_builds_offline():
+    config = TinyLlavaConfig(
+        text_config={"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "tie_word_embeddings": True},
+        vision_config={"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 16, "patch_size": 8},
+        image_token_id=99,
+    )
+    restored = TinyLlavaConfig.from_dict(config.to_dict())
+    assert restored.text_config.model_type == "qwen2" and restored.vision_config.hidden_size == 16
+    assert restored.tie_word_embeddings and restored.vision_feature_select_strategy == "full"
+    model = TinyLlavaForConditionalGeneration(restored)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
