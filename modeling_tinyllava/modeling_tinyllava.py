@@ -350,6 +350,7 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
             model.resize_token_embeddings(len(tokenizer))
         model.tie_weights()
         model.generation_config = language_model.generation_config
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model.eval()
 
 
