@@ -4,6 +4,7 @@ Run `tinyllava-convert --help` (or `python -m conversion --help`) for the comman
 """
 
 from .errors import ConversionError
+from .llava import from_llava, to_llava
 from .original import ConversionResult, convert_original
 
-__all__ = ["ConversionError", "ConversionResult", "convert_original"]
+__all__ = ["ConversionError", "ConversionResult", "convert_original", "from_llava", "to_llava"]
