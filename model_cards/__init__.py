@@ -6,5 +6,6 @@ are the command-line front ends (see `model_cards/README.md`).
 
 from .card import render_model_card, write_model_card
 from .eval_results import merge_eval_results
+from .publish import PublishError, push
 
-__all__ = ["merge_eval_results", "render_model_card", "write_model_card"]
+__all__ = ["PublishError", "merge_eval_results", "push", "render_model_card", "write_model_card"]
