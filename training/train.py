@@ -1,0 +1,218 @@
+"""One training stage: load or assemble the model, set its tuning modes, train with TRL, save a Hub-ready dir."""
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, set_seed
+from trl import SFTConfig
+
+from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+
+from .arguments import DataArguments, ModelArguments
+from .collator import TinyLlavaCollator
+from .data import load_training_dataset
+from .malloc_tuning import tune_malloc
+from .merge import merge_adapter
+from .outputs import plot_loss_curve, write_model_card, write_run_record
+from .trainer import TinyLlavaSFTTrainer
+from .tuning import apply_lora, set_trainable
+
+logger = logging.getLogger(__name__)
+
+_HYPERPARAMETERS = (
+    "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps",
+    "warmup_steps", "lr_scheduler_type", "weight_decay", "max_length", "seed", "bf16", "fp16",
+    "activation_checkpointing",
+)  # fmt: skip
+
+
+def resolve_chat_template(chat_template: str | None) -> str | None:
+    """A template name from `CHAT_TEMPLATES`, a `.jinja` file or a Jinja string -> the Jinja text (None stays None)."""
+    if chat_template is None or chat_template in CHAT_TEMPLATES:
+        return chat_template and CHAT_TEMPLATES[chat_template]
+    if os.path.isfile(chat_template):
+        return Path(chat_template).read_text()
+    if "{" in chat_template:
+        return chat_template
+    raise ValueError(
+        f"--chat_template {chat_template!r} is not one of {sorted(CHAT_TEMPLATES)}, a .jinja file or a Jinja string."
+    )
+
+
+def require_qlora_support() -> None:
+    """QLoRA needs bitsandbytes 4-bit layers, which train only on a CUDA GPU."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "--tune_llm qlora needs a CUDA GPU: bitsandbytes 4-bit layers do not train on CPU. Use --tune_llm lora "
+            "(the finetune_lora recipe) on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise ImportError("--tune_llm qlora needs bitsandbytes: pip install 'tinyllava-hf[qlora]'.") from error
+
+
+def quantization_config():
+    """4-bit NF4 for the LLM; the vision tower, connector and lm_head stay in full precision."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=["vision_tower", "connector", "lm_head"],
+    )
+
+
+def load_model_and_processor(model_args: ModelArguments, args: SFTConfig):
+    """The model to train (a checkpoint, or a new one from --llm/--vision_tower) and its processor.
+
+    The processor keeps the conversation template the model will answer with: `--chat_template` when it is not
+    `pretrain`, else its own (a new model gets the original's template for its LLM family).
+    """
+    saved_template = model_args.chat_template if model_args.chat_template != "pretrain" else None
+    init_kwargs = {"dtype": torch.float32, **(args.model_init_kwargs or {})}
+    if model_args.model_name_or_path is not None:
+        if model_args.tune_llm == "qlora":
+            init_kwargs["quantization_config"] = quantization_config()
+        model = TinyLlavaForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **init_kwargs)
+        processor = TinyLlavaProcessor.from_pretrained(model_args.model_name_or_path)
+        if saved_template is not None:
+            processor.chat_template = resolve_chat_template(saved_template)
+        return model, processor
+    if model_args.tune_llm == "qlora":
+        raise ValueError("QLoRA needs a saved base to quantize: run a stage first and pass its dir as --model_name_or_path.")
+    config_kwargs = {"vision_feature_layer": model_args.vision_feature_layer, "connector_type": model_args.connector_type}
+    if model_args.vision_feature_select_strategy is not None:
+        config_kwargs["vision_feature_select_strategy"] = model_args.vision_feature_select_strategy
+    model = TinyLlavaForConditionalGeneration.from_pretrained_components(
+        llm=model_args.llm, vision_tower=model_args.vision_tower, dtype=init_kwargs["dtype"], **config_kwargs
+    ).train()
+    processor = TinyLlavaProcessor.from_pretrained_components(
+        llm=model_args.llm,
+        vision_tower=model_args.vision_tower,
+        chat_template=resolve_chat_template(saved_template),
+        image_aspect_ratio=model_args.image_aspect_ratio,
+        model_max_length=args.max_length,
+        **config_kwargs,
+    )
+    return model, processor
+
+
+def prepare_args(args: SFTConfig) -> SFTConfig:
+    """Settings the custom collator needs, whatever the recipe says."""
+    args.remove_unused_columns = False  # the collator reads `messages` / `images`
+    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    if args.resume_from_checkpoint in ("true", "True", "last"):
+        args.resume_from_checkpoint = True  # Trainer: the last checkpoint-N in output_dir
+    return args
+
+
+def stage_record(model_args, data_args, args, trainer, recipe: str | None) -> dict:
+    """This stage's entry of `tinyllava_run.json`."""
+    hyperparameters = {name: getattr(args, name) for name in _HYPERPARAMETERS}
+    hyperparameters["global_batch_size"] = (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    )
+    hyperparameters.update(
+        {key: value for key, value in asdict(model_args).items() if key.startswith("tune_") or key.endswith("_lr")}
+    )
+    hyperparameters["chat_template"] = model_args.chat_template
+    if model_args.uses_lora:
+        hyperparameters.update({k: getattr(model_args, k) for k in ("lora_r", "lora_alpha", "lora_dropout")})
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "recipe": recipe,
+        "llm": model_args.llm,
+        "vision_tower": model_args.vision_tower,
+        "base_checkpoint": model_args.model_name_or_path,
+        "datasets": list(data_args.data_path),
+        "hyperparameters": hyperparameters,
+        "steps": trainer.state.global_step,
+        "final_loss": losses[-1] if losses else None,
+        "lora": model_args.uses_lora,
+        "skipped_or_truncated_samples": dict(trainer.data_collator.counts),
+    }
+
+
+def train(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    args: SFTConfig,
+    recipe: str | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Path:
+    """Runs one stage and writes its complete checkpoint to `args.output_dir`.
+
+    A LoRA stage writes the adapter to `<output_dir>/adapter` (its base is `--model_name_or_path`, or, for a new
+    model, the untrained assembled model saved to `<output_dir>/base_model`) and the merged model to `output_dir`.
+
+    Returns:
+        The output directory.
+    """
+    tune_malloc()
+    if model_args.tune_llm == "qlora":
+        require_qlora_support()
+    args = prepare_args(args)
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    dataset = load_training_dataset(data_args)
+    model, processor = load_model_and_processor(model_args, args)
+
+    base_checkpoint = model_args.model_name_or_path
+    if model_args.uses_lora:
+        if base_checkpoint is None:
+            base_checkpoint = str(output_dir / "base_model")
+            if args.process_index == 0:
+                model.save_pretrained(base_checkpoint)
+                processor.save_pretrained(base_checkpoint)
+        model = apply_lora(model, model_args)
+        # Absolute, so the adapter loads onto its base offline from any working directory.
+        is_local = os.path.isdir(base_checkpoint)
+        model.peft_config["default"].base_model_name_or_path = (
+            str(Path(base_checkpoint).resolve()) if is_local else base_checkpoint
+        )
+    trainable = set_trainable(model, model_args)
+    logger.info("Trainable parameters per module: %s", trainable)
+    if args.activation_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+
+    collator = TinyLlavaCollator(
+        processor,
+        chat_template=resolve_chat_template(model_args.chat_template),
+        max_length=args.max_length,
+        image_folder=data_args.image_folder,
+        on_bad_sample=data_args.on_bad_sample,
+    )
+    trainer = TinyLlavaSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=callbacks,
+        module_learning_rates={
+            "llm": model_args.llm_lr,
+            "vision_tower": model_args.vision_tower_lr,
+            "connector": model_args.connector_lr,
+        },
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    if collator.counts:
+        logger.warning("Samples skipped or truncated while training: %s", dict(collator.counts))
+
+    save_dir = output_dir / "adapter" if model_args.uses_lora else output_dir
+    trainer.save_model(str(save_dir))
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        if model_args.uses_lora:
+            merge_adapter(save_dir, output_dir, base_checkpoint)
+        write_run_record(output_dir, stage_record(model_args, data_args, args, trainer, recipe), model_args.model_name_or_path)
+        plot_loss_curve(trainer.state.log_history, output_dir)
+        write_model_card(output_dir)
+        logger.info("Saved the %s checkpoint to %s", "merged" if model_args.uses_lora else "trained", output_dir)
+    return output_dir
