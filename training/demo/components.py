@@ -1,0 +1,96 @@
+"""Builds the demo's 'pretrained' components from configs: a tokenizer, a tiny LLM and a tiny vision tower.
+
+They are saved as ordinary Hub-style directories, so the demo assembles its TinyLLaVA through exactly the path a user
+takes with real checkpoints (`--llm DIR --vision_tower DIR`, i.e. `from_pretrained_components`).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from modeling_tinyllava.processing_tinyllava import SYSTEM_PROMPT
+
+from .synthetic import vocabulary_corpus
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+# Words the `llama` chat template writes around every turn.
+TEMPLATE_WORDS = [SYSTEM_PROMPT, "USER: ASSISTANT:"]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Shape of the tiny components. Defaults learn the synthetic task in a few hundred steps on two CPU cores."""
+
+    image_size: int = 32
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 3
+    text_hidden: int = 128
+    text_layers: int = 2
+
+
+def build_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on `corpus` until (nearly) every word is one token.
+
+    Byte-level BPE decodes back to the exact text, spaces included, which a word-level vocabulary would not.
+    `</s>` ends every assistant turn of the `llama` template; `<unk>` becomes the pad token (reference §1.4).
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=512
+    )
+
+
+def build_components(root: Path, size: ModelSize, seed: int = 0) -> tuple[Path, Path]:
+    """Writes a randomly initialised Llama-style LLM (with its tokenizer) and a SigLIP vision tower (with its image
+    processor) under `root`.
+
+    Returns:
+        `(llm_dir, vision_dir)`, to pass as `--llm` and `--vision_tower`.
+    """
+    torch.manual_seed(seed)
+    llm_dir, vision_dir = root / "llm", root / "vision_tower"
+    tokenizer = build_tokenizer(vocabulary_corpus() + TEMPLATE_WORDS)
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=size.text_hidden,
+        intermediate_size=2 * size.text_hidden,
+        num_hidden_layers=size.text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.unk_token_id,
+    )
+    LlamaForCausalLM(text_config).save_pretrained(llm_dir)
+    tokenizer.save_pretrained(llm_dir)
+
+    vision_config = SiglipVisionConfig(
+        image_size=size.image_size,
+        patch_size=size.patch_size,
+        hidden_size=size.vision_hidden,
+        intermediate_size=2 * size.vision_hidden,
+        num_hidden_layers=size.vision_layers,
+        num_attention_heads=4,
+    )
+    SiglipVisionModel(vision_config).save_pretrained(vision_dir)
+    SiglipImageProcessorPil(size={"height": size.image_size, "width": size.image_size}).save_pretrained(vision_dir)
+    return llm_dir, vision_dir
