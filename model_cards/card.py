@@ -1,5 +1,6 @@
 """Renders a checkpoint directory's README.md from what the directory really holds."""
 
+import html
 import logging
 import math
 from pathlib import Path
@@ -73,9 +74,18 @@ def stage_start(stage: Stage) -> str:
     return " + ".join(model_link(name) for name in (stage.llm, stage.vision_tower) if name) or "not recorded"
 
 
+def conversion_origin(conversion_format: str, native_llava: bool) -> str:
+    """What kind of checkpoint a conversion started from (`conversion.json`'s format is the same both ways for LLaVA)."""
+    if conversion_format == "llava":
+        return "a TinyLLaVA-HF checkpoint exported to transformers' LLaVA" if native_llava else (
+            "a transformers LLaVA checkpoint")
+    return {"factory": "an original TinyLLaVA Factory checkpoint", "legacy": "a legacy TinyLLaVABench checkpoint"}.get(
+        conversion_format, f"a {conversion_format!r} checkpoint")
+
+
 def cell(value) -> str:
-    """A value made safe for a Markdown table cell."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """Free text made safe for Markdown: no HTML (`<image>` would vanish), no table breaks."""
+    return html.escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def loss(value: float | None) -> str:
@@ -153,6 +163,7 @@ def render_model_card(
         trainer=read_trainer_state(checkpoint_dir),
         loss_curves=loss_curves(checkpoint_dir),
         conversion=conversion,
+        conversion_origin=conversion and conversion_origin(conversion.format, native_llava),
         eval_results=eval_results,
     )
     return ModelCard(content)

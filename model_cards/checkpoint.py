@@ -267,6 +267,7 @@ class Conversion:
     format: str
     max_abs_logit_diff: float | None = None
     lossy: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 def read_conversion(checkpoint_dir: Path) -> Conversion | None:
