@@ -145,15 +145,15 @@ def check_against_model(
     """
     problems = []
     if plan.unexpected:
-        problems.append(_listing("Unexpected keys (no rename rule matches)", plan.unexpected))
+        problems.append(_listing("Unexpected keys, matched by no rename rule", plan.unexpected))
     produced = set(plan.renamed.values())
     missing = sorted(set(expected_shapes) - produced - set(optional))
     if missing:
-        problems.append(_listing("Missing keys (the model needs them, the checkpoint lacks them)", missing))
+        problems.append(_listing("Missing keys, needed by the model", missing))
     not_in_model = sorted(produced - set(expected_shapes))
     if not_in_model:
         sources = [f"{src} -> {dst}" for src, dst in plan.renamed.items() if dst in not_in_model]
-        problems.append(_listing("Unexpected keys (renamed, but the model has no such parameter)", sources))
+        problems.append(_listing("Unexpected keys, renamed to names the model does not have", sources))
     mismatched = []
     for src, dst in plan.renamed.items():
         if dst not in expected_shapes:
