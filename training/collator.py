@@ -5,6 +5,7 @@ import logging
 import os
 from collections import Counter
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -88,16 +89,19 @@ class TinyLlavaCollator:
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=True,
-            return_tensors="pt",
+            return_tensors=None,  # lists: the assistant-mask offset matching is several times faster than on tensors
         )
-        input_ids = encoded["input_ids"][0]
-        supervised = encoded["assistant_masks"][0].bool() & (input_ids != self.image_token_id)
+        input_ids = torch.tensor(encoded["input_ids"][0])
+        supervised = torch.tensor(encoded["assistant_masks"][0], dtype=torch.bool) & (input_ids != self.image_token_id)
         labels = input_ids.masked_fill(~supervised, IGNORE_INDEX)
+        pixel_values = encoded.get("pixel_values")
+        if pixel_values is not None:
+            pixel_values = torch.from_numpy(np.stack(pixel_values))
         if self.max_length is not None and len(input_ids) > self.max_length:
             input_ids, labels = self.truncate(input_ids, labels, sample_id)
         if not (labels != IGNORE_INDEX).any():
             raise BadSampleError(f"sample {sample_id!r}: no supervised token (empty answers?)", "no_supervised_tokens")
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": encoded.get("pixel_values")}
+        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
 
     def truncate(self, input_ids: torch.Tensor, labels: torch.Tensor, sample_id) -> tuple[torch.Tensor, torch.Tensor]:
         """Cuts at `max_length` if no image placeholder and not every supervised token lies beyond the cut."""
