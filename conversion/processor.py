@@ -5,7 +5,6 @@ so the tokenizer comes from the source directory (or `--tokenizer`), and the ima
 `preprocessor_config.json`, else from the vision tower's defaults for the stored image size (logged).
 """
 
-import inspect
 import logging
 from pathlib import Path
 
@@ -73,16 +72,13 @@ def build_processor(
     name = chat_template or default_chat_template_name(family, tokenizer)
     if name not in CHAT_TEMPLATES:
         raise ConversionError(f"--chat-template {name!r} is not one of {sorted(CHAT_TEMPLATES)}.")
-    options = {}
-    # The original tokenizes the text around each <image> separately (reference §2.1), which differs from one pass
-    # for SentencePiece tokenizers; the processor replicates that when it supports the option.
-    if "chunked_image_tokenization" in inspect.signature(TinyLlavaProcessor.__init__).parameters:
-        options["chunked_image_tokenization"] = True
+    # The original tokenizes the text around each <image> separately (reference §2.1); for SentencePiece tokenizers
+    # that differs from one pass (an extra "▁" after the image).
     return TinyLlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATES[name],
         num_image_tokens=config.get_num_image_tokens(*processed_image_size(image_processor)),
         image_aspect_ratio=image_aspect_ratio,
-        **options,
+        chunked_image_tokenization=True,
     )

@@ -77,6 +77,7 @@ def test_conversion_record_and_config(converted):
     # The original drops SigLIP's first patch ('patch'); 16 patches -> 15 image tokens.
     assert model.config.vision_feature_select_strategy == "default"
     assert processor.num_image_tokens == 15
+    assert processor.chunked_image_tokenization  # the original's prompt tokenization
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
 
 
