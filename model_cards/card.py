@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import jinja2
+import yaml
 from huggingface_hub import ModelCard
 
 from .checkpoint import (
@@ -84,7 +85,9 @@ def conversion_origin(conversion_format: str, native_llava: bool) -> str:
 
 
 def cell(value) -> str:
-    """Free text made safe for Markdown: no HTML (`<image>` would vanish), no table breaks."""
+    """Free text made safe for Markdown: no HTML (`<image>` would vanish), no table breaks; None is "-"."""
+    if value is None:
+        return "-"
     return html.escape(str(value), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
@@ -105,8 +108,8 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(
-        family=family, human=human, model_link=model_link, dataset_link=dataset_link, stage_start=stage_start, cell=cell, loss=loss,
-        metric=metric,
+        family=family, human=human, model_link=model_link, dataset_link=dataset_link, stage_start=stage_start,
+        cell=cell, loss=loss, metric=metric,
     )
     return env
 
@@ -117,7 +120,7 @@ def existing_metadata(readme: Path) -> dict:
         return {}
     try:
         return ModelCard.load(readme).data.to_dict()
-    except Exception as error:  # a hand-edited card may not parse; it is replaced either way
+    except (ValueError, yaml.YAMLError) as error:  # a hand-edited card may not parse; it is replaced either way
         logger.warning("Ignoring the metadata of %s, which does not parse: %s", readme, error)
         return {}
 

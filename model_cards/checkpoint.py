@@ -66,7 +66,7 @@ def count_parameters(files: list[Path]) -> dict[str, int]:
     unknown_keys = []
     for path in files:
         with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 numel = 1
                 for size in handle.get_slice(key).get_shape():
                     numel *= size
@@ -204,6 +204,7 @@ class Stage:
     steps: int | None = None
     final_loss: float | None = None
     lora: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def read_run(checkpoint_dir: Path) -> list[Stage]:
@@ -222,10 +223,10 @@ def read_run(checkpoint_dir: Path) -> list[Stage]:
     for index, entry in enumerate(run["stages"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str):
             raise ValueError(f"{path}: stages[{index}] needs a string 'recipe'.")
-        unknown = set(entry) - set(Stage.__dataclass_fields__)
-        if unknown:
-            logger.info("%s: stages[%d] keys not shown on the card: %s", path, index, ", ".join(sorted(unknown)))
-        stage = Stage(**{key: value for key, value in entry.items() if key in Stage.__dataclass_fields__})
+        known = {key: value for key, value in entry.items() if key in Stage.__dataclass_fields__ and key != "extra"}
+        # Keys beyond the contract (e.g. counts of skipped samples) are shown with the hyperparameters when not empty.
+        extra = {key: value for key, value in entry.items() if key not in known and value not in (None, {}, [], "")}
+        stage = Stage(**known, extra=extra)
         if not isinstance(stage.datasets, list) or not isinstance(stage.hyperparameters, dict):
             raise ValueError(f"{path}: stages[{index}] needs 'datasets' as a list and 'hyperparameters' as a dict.")
         stages.append(stage)

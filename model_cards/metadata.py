@@ -19,8 +19,14 @@ DEFAULT_LANGUAGE = "en"
 
 
 def hub_id(name: str | None) -> str | None:
-    """`name` when it is a Hub repo id, None when it is a local path (existing, absolute, relative or a data file)."""
-    if not name or Path(name).expanduser().exists() or Path(name).suffix.lower() in DATA_FILE_SUFFIXES:
+    """`name` when it looks like a Hub repo id (`namespace/name`), None for local paths and bare names.
+
+    Existing paths, data files and names without a namespace (a relative dir such as `pretrain`, a label such as
+    `synthetic-shapes`) are not treated as Hub ids: a wrong link or `base_model` would mislead more than none.
+    """
+    if not name or "/" not in name or Path(name).expanduser().exists():
+        return None
+    if Path(name).suffix.lower() in DATA_FILE_SUFFIXES:
         return None
     try:
         validate_repo_id(name)

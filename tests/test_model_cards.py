@@ -43,7 +43,7 @@ def add_training_run(checkpoint_dir, pretrain_dir):
          "steps": 2181, "final_loss": 2.5, "lora": False},
         {"recipe": "finetune_lora", "llm": None, "vision_tower": None, "base_checkpoint": str(pretrain_dir),
          "datasets": ["data/llava_v1_5_mix665k.json"], "hyperparameters": {"learning_rate": 2e-4, "lora_r": 128},
-         "steps": 5197, "final_loss": 1.25, "lora": True},
+         "steps": 5197, "final_loss": 1.25, "lora": True, "skipped_or_truncated_samples": {"truncated": 3}},
     ]})
     write_json(checkpoint_dir / "trainer_state.json", {
         "global_step": 5197, "epoch": 1.0, "train_batch_size": 4,
@@ -62,7 +62,7 @@ def run_snippets(card_text, placeholder, local_dir, cwd):
     # One interpreter for all blocks (start-up is the slow part); each block gets its own namespace.
     driver = "import sys\nfor block in sys.argv[1:]:\n    exec(compile(block, '<card>', 'exec'), {'__name__': '__main__'})\n"
     result = subprocess.run([sys.executable, "-c", driver, *blocks], cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return blocks
 
@@ -129,6 +129,7 @@ def test_card_of_a_trained_checkpoint(checkpoint_copy, tmp_path):
     assert "![Training loss](loss_curve.png)" in text
     assert "| 2 | `finetune_lora` | `pretrain` (local) | `llava_v1_5_mix665k.json` | 5197 | 1.2500 | yes |" in text
     assert "| `lora_r` | 128 |" in text
+    assert "| `skipped_or_truncated_samples` | {'truncated': 3} |" in text  # keys beyond the contract are kept
     assert "| pope | [POPE](https://huggingface.co/datasets/lmms-lab/POPE) | test | accuracy | 0.85 |" in text
     assert "| Image tokens per image | 16 |" in text and "| Context length | 256 tokens" in text
     assert "@misc{zhou2024tinyllava" in text and "## Limitations and bias" in text
@@ -136,6 +137,9 @@ def test_card_of_a_trained_checkpoint(checkpoint_copy, tmp_path):
 
 
 def test_card_of_a_bare_checkpoint_claims_nothing_it_does_not_know(checkpoint_copy):
+    write_json(checkpoint_copy / "eval_results.json", {"results": [{**POPE, "dataset_type": "synthetic-shapes"}]})
+    assert "| pope | POPE | test |" in write_model_card(checkpoint_copy).read_text()  # no link for a bare name
+    (checkpoint_copy / "eval_results.json").unlink()
     data = ModelCard.load(write_model_card(checkpoint_copy)).data.to_dict()
     # The components were local dirs: no base model, no datasets, no training tags, no model-index.
     assert not {"base_model", "base_model_relation", "datasets", "model-index"} & set(data)
