@@ -10,7 +10,6 @@ its own process; its peak RSS is read from `getrusage(RUSAGE_CHILDREN)`.
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,8 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast, SiglipVisionConfi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conversion.tensor_io import OutputTensor, write_sharded_safetensors  # noqa: E402
-from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration  # noqa: E402
+from conversion.tensor_io import OutputTensor, write_sharded_safetensors
+from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration
 
 TARGET_RATIO = 1.3
 

@@ -174,7 +174,6 @@ def convert_original(
         raise ConversionError(f"--dtype {dtype!r}: expected auto, {', '.join(DTYPES)}.")
     if fmt not in ("factory", "legacy"):
         raise ConversionError(f"Unknown source format {fmt!r}; expected 'factory' or 'legacy'.")
-    prepare_output_dir(src, dst)
     config_path = src / "config.json"
     source_config = read_json(config_path)
     infos = _source_tensors(src, fmt)
@@ -210,6 +209,7 @@ def convert_original(
     out_dtype = None if dtype == "auto" else DTYPES[dtype]
     floating = [info.dtype for info in infos if info.dtype.is_floating_point]
     config.dtype = out_dtype or (max(set(floating), key=floating.count) if floating else torch.float32)
+    prepare_output_dir(src, dst)
     reader = TensorReader(_split_prefixes(src, infos))
     try:
         outputs = _output_tensors(plan, infos, expected, reader, out_dtype)

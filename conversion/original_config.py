@@ -40,10 +40,10 @@ LEGACY_LLAVA_FIELDS = {
     "torch_dtype", "dtype", "_name_or_path", "tokenizer_name_or_path",
 }
 # Legacy SigLIP towers are google/siglip-so400m-patch14-384 (reference §6.2) with its last layer and head deleted.
-SO400M_VISION_CONFIG = dict(
-    hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14,
-    image_size=384, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
-)
+SO400M_VISION_CONFIG = {
+    "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
+    "patch_size": 14, "image_size": 384, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+}
 
 
 @dataclass

@@ -68,7 +68,7 @@ def list_tensors(files: Iterable[Path], prefix: str = "") -> list[TensorInfo]:
     for path in files:
         if path.suffix == ".safetensors":
             with safe_open(path, framework="pt") as handle:
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
                     tensor_slice = handle.get_slice(key)
                     dtype = _TORCH_DTYPE[tensor_slice.get_dtype()]
                     infos.append(TensorInfo(path, prefix + key, tuple(tensor_slice.get_shape()), dtype))

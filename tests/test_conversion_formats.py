@@ -70,7 +70,7 @@ def test_factory_split_pretrain_layout_and_sharded_bf16_output(components_dir, t
     assert len(shards) > 1
     for shard in shards:
         with safe_open(tmp_path / "dst" / shard, framework="pt") as handle:
-            assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}
+            assert {handle.get_slice(k).get_dtype() for k in handle.keys()}  # noqa: SIM118 == {"BF16"}
     model = TinyLlavaForConditionalGeneration.from_pretrained(tmp_path / "dst")
     assert model.dtype == torch.bfloat16 and model.config.tie_word_embeddings
     assert "lm_head.weight" not in index["weight_map"]
@@ -104,7 +104,7 @@ def test_legacy_checkpoint(components_dir, tmp_path):
     # tower's penultimate layer, all tokens.
     assert model.config.vision_config.num_hidden_layers == 1 and not model.config.vision_config.vision_use_head
     assert model.config.vision_feature_select_strategy == "full" and model.config.lm_head_bias is False
-    _, _, vision_state, vision_config, connector = component_parts(components_dir, "phi", "siglip")
+    *_, connector = component_parts(components_dir, "phi", "siglip")
     full_tower = AutoModel.from_pretrained(components_dir / "siglip", dtype=torch.float32).eval()
     pixels = torch.randn(1, 3, 32, 32)
     features = full_tower(pixels, output_hidden_states=True).hidden_states[-2]

@@ -86,10 +86,12 @@ def test_rendered_prompts_match_the_original(reference, converted):
     for name, expected in reference["rendered_prompts"].items():
         if name == "pretrain":
             continue
-        template = CHAT_TEMPLATES[name]
-        render = lambda turns, open_end: processor.apply_chat_template(  # noqa: E731
-            messages(turns), chat_template=template, add_generation_prompt=open_end, tokenize=False
-        )
+
+        def render(turns, open_end, template=CHAT_TEMPLATES[name]):
+            return processor.apply_chat_template(
+                messages(turns), chat_template=template, add_generation_prompt=open_end, tokenize=False
+            )
+
         assert render([(Q1, A1), (Q2, A2)], False) == expected["train_2turn"], name
         assert render([(Q1, None)], True) == expected["eval_1turn"], name
         assert render([(Q1, A1), (Q2, None)], True) == expected["eval_2turn_history"], name
@@ -125,7 +127,7 @@ def test_vision_features_and_connector(reference, converted):
 )
 def test_eval_logits(reference, converted, image, turns, ids_key, logits_key):
     _, model, processor = converted
-    prompt, inputs = model_inputs(processor, image, turns)
+    _, inputs = model_inputs(processor, image, turns)
     assert collapse_image_runs(inputs["input_ids"][0].tolist(), processor.image_token_id) == reference[ids_key][0].tolist()
     logits = model(**inputs).logits[..., :VOCAB]
     assert logits.shape == reference[logits_key].shape
