@@ -36,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be at least 1.")
+    for option in ("batch_size", "max_new_tokens"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1.")
+    if args.num_workers < 0:
+        parser.error("--num-workers must be at least 0.")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .runner import run  # after argument parsing, so that --help does not import torch and transformers
 

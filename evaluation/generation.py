@@ -1,6 +1,5 @@
 """Batched greedy answers from a TinyLLaVA (or any image-text-to-text) checkpoint, with the original eval prompt."""
 
-import logging
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -15,8 +14,6 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from .answers import AnswerFile
 from .errors import EvaluationError
 from .question import Question
-
-logger = logging.getLogger(__name__)
 
 
 def load_model(model: str, dtype: str = "float32", device: str | None = None):

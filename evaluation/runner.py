@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from .answers import AnswerFile
-from .generation import generate_answers, load_model
+from .generation import check_images, generate_answers, load_model
 from .report import format_table, write_results
 from .tasks import TASKS, TaskResult
 
@@ -37,9 +37,11 @@ def run(args: argparse.Namespace) -> TaskResult:
         f" ({unknown} answers there are not in the question file and are ignored)" if unknown else "",
     )  # fmt: skip
     if pending:
+        image_folder = getattr(args, "image_folder", None)
+        check_images(pending, image_folder)  # before the (slow) model load
         model, processor = load_model(args.model, dtype=args.dtype, device=args.device)
         generate_answers(
-            model, processor, pending, getattr(args, "image_folder", None), answer_file, batch_size=args.batch_size,
+            model, processor, pending, image_folder, answer_file, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens or task.max_new_tokens, num_workers=args.num_workers,
             description=task.name,
         )  # fmt: skip

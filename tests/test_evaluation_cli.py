@@ -170,7 +170,8 @@ def test_summary_feeds_the_model_card(pope_data, saved_model_dir, tmp_path):
     assert "POPE" in (card_dir / "README.md").read_text()
 
 
-def test_missing_image_fails_before_loading_the_model(pope_data, saved_model_dir, capsys):
+def test_missing_image_fails_before_loading_the_model(pope_data, saved_model_dir, monkeypatch, capsys):
+    monkeypatch.setattr(evaluation.runner, "load_model", pytest.fail)
     (pope_data / "images" / "2.jpg").unlink()
     assert main(pope_args(pope_data, saved_model_dir)) == 2
     assert "2 image(s) not found" in capsys.readouterr().err and not (pope_data / "out" / "pope_answers.jsonl").exists()

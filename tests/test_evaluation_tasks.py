@@ -127,7 +127,9 @@ def test_textvqa_matches_on_image_and_question_like_the_original(tmp_path):
 
 
 def test_vqav2_submission_and_optional_local_accuracy(tmp_path):
-    write_jsonl(tmp_path / "q.jsonl", [{"question_id": i, "image": f"{i}.jpg", "text": f"q{i}?" + SHORT} for i in (1, 2)])
+    write_jsonl(
+        tmp_path / "q.jsonl", [{"question_id": i, "image": f"{i}.jpg", "text": f"q{i}?" + SHORT} for i in (1, 2)]
+    )
     write_jsonl(tmp_path / "all.jsonl", [{"question_id": i} for i in (1, 2, 3)])
     write_answers(tmp_path / "out", "vqav2", [(1, "q1?" + SHORT, "Two."), (2, "q2?" + SHORT, "The dog")])
     args = ["--question-file", tmp_path / "q.jsonl", "--image-folder", tmp_path]

@@ -40,7 +40,7 @@ NUMBERS = {
     "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }  # fmt: skip
 ARTICLES = ("a", "an", "the")
-PUNCTUATIONS = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+PUNCTUATIONS = ';/[]"{}()=+\\_-><@`,?!'  # removed or replaced by a space, one at a time, in this order
 # `(?!<=\d)` was meant as a look-behind; as written it is a look-ahead for the text "<" "=" digit, which never blocks,
 # so every period not followed by a digit is removed ("1.5" keeps its period, "a.m." loses both).
 PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")

@@ -5,7 +5,7 @@ from .gqa import GQA
 from .mme import MME
 from .pope import Pope
 from .scienceqa import ScienceQA
-from .vqa import VQAv2, TextVQA
+from .vqa import TextVQA, VQAv2
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (Pope, ScienceQA, TextVQA, VQAv2, GQA, MME)}
 

@@ -58,9 +58,7 @@ def read_llava_questions(path: str | Path, with_category: bool = False) -> list[
     questions = []
     for number, record in enumerate(read_jsonl(path), start=1):
         require(record, keys, f"{path}, question {number}")
-        questions.append(
-            Question(record["question_id"], record["text"], record["image"], record.get("category"))
-        )
+        questions.append(Question(record["question_id"], record["text"], record["image"], record.get("category")))
     return check_unique(questions, path)
 
 

@@ -41,7 +41,10 @@ class MME(Task):
             category = str(question.question_id).split("/")[0]
             label = ground_truth.label(category, Path(str(question.question_id)).stem, question)
             items.append((category, question.image, parse_mme_answer(answers[question.key]), label.lower()))
-        scores = mme_scores(items)
+        try:
+            scores = mme_scores(items)
+        except ValueError as error:  # an answer file with a label other than yes/no
+            raise EvaluationError(f"{ground_truth.root}: {error}") from error
         missing = [name for names in MME_CATEGORIES.values() for name in names if name not in scores["categories"]]
         if missing:
             logger.warning("MME categories without questions, left out of the totals: %s", ", ".join(missing))
@@ -86,4 +89,6 @@ class _GroundTruth:
         for candidate in candidates:
             if candidate in answers:
                 return answers[candidate]
-        raise EvaluationError(f"No answer for question {question.question_id!r} ({text!r}) in MME's {category}/{stem}.txt.")
+        raise EvaluationError(
+            f"No answer for question {question.question_id!r} ({text!r}) in MME's {category}/{stem}.txt."
+        )

@@ -1,6 +1,7 @@
 """POPE (object hallucination): LLaVA's `llava_pope_test.jsonl` questions, scored per COCO split."""
 
 import argparse
+import logging
 from pathlib import Path
 
 from ..errors import EvaluationError
@@ -8,6 +9,8 @@ from ..files import read_jsonl, require
 from ..metrics.pope import parse_pope_answer, parse_pope_answer_strict, pope_metrics, pope_metrics_strict
 from ..question import Question
 from .base import Task, TaskResult, percent, read_llava_questions
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("adversarial", "popular", "random")
 METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
@@ -41,13 +44,21 @@ class Pope(Task):
         for split in SPLITS:
             path = Path(args.annotation_dir) / f"coco_pope_{split}.json"
             if not path.is_file():
+                logger.warning("%s not found: the %s split is not scored.", path, split)
                 continue
             split_questions = [q for q in questions if q.category == split]
             labels = _aligned_labels(path, split_questions)
-            result = metrics([parse(answers[q.key]) for q in split_questions], labels)
+            try:
+                result = metrics([parse(answers[q.key]) for q in split_questions], labels)
+            except ValueError as error:  # e.g. a label other than yes/no
+                raise EvaluationError(f"{path}: {error}") from error
             splits[split] = {**result, "questions": len(split_questions)}
         if not splits:
             raise EvaluationError(f"No coco_pope_{{{','.join(SPLITS)}}}.json in {args.annotation_dir}.")
+        unscored = sum(question.category not in splits for question in questions)
+        if unscored:
+            logger.warning("%d questions have a category without annotations (%s) and are not scored.", unscored,
+                           sorted({str(q.category) for q in questions} - set(splits)))  # fmt: skip
         mean = {name: sum(result[name] for result in splits.values()) / len(splits) for name in METRICS}
         table = [["split", "questions", *METRICS]]
         for split, result in splits.items():

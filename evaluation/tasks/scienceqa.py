@@ -48,10 +48,12 @@ class ScienceQA(Task):
 
     def score(self, args: argparse.Namespace, questions: list[Question], answers: dict[tuple, str]) -> TaskResult:
         problems = read_json(args.annotation_file)
+        if not isinstance(problems, dict):
+            raise EvaluationError(f"{args.annotation_file}: expected {{problem_id: {{choices, answer, ...}}}}.")
         outcomes = {"all": [], "image": []}
         parsed_failures = 0
         for question in questions:
-            problem = problems.get(str(question.question_id)) if isinstance(problems, dict) else None
+            problem = problems.get(str(question.question_id))
             if problem is None:
                 raise EvaluationError(f"{args.annotation_file}: no problem {question.question_id!r}.")
             require(problem, ("choices", "answer"), f"{args.annotation_file}, problem {question.question_id!r}")

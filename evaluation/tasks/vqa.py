@@ -51,7 +51,9 @@ class TextVQA(Task):
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--question-file", required=True, help="llava_textvqa_val_v051_ocr.jsonl; " + _QUESTION_HELP)
+        parser.add_argument(
+            "--question-file", required=True, help="llava_textvqa_val_v051_ocr.jsonl; " + _QUESTION_HELP
+        )
         parser.add_argument("--annotation-file", required=True, help="TextVQA_0.5.1_val.json ({data: [{question_id, "
                             "image_id, question, answers}]}).")  # fmt: skip
         parser.add_argument("--image-folder", required=True, help="TextVQA train_images.")
@@ -113,7 +115,9 @@ class VQAv2(Task):
             for number, record in enumerate(read_jsonl(args.submission_question_file), start=1):
                 require(record, ("question_id",), f"{args.submission_question_file}, line {number}")
                 submission.setdefault(record["question_id"], "")
-        files = {"vqav2_submission.json": [{"question_id": qid, "answer": answer} for qid, answer in submission.items()]}
+        files = {
+            "vqav2_submission.json": [{"question_id": qid, "answer": answer} for qid, answer in submission.items()]
+        }
         if not args.annotation_file:
             return TaskResult(
                 metrics={}, details={"questions": len(questions), "submission": "vqav2_submission.json"},
