@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import model_cards
+
 from .errors import ConversionError
 
 
@@ -25,6 +27,4 @@ def finish_output(dst: Path, source: str, fmt: str, result) -> None:
         "notes": result.notes,
     }
     (dst / "conversion.json").write_text(json.dumps(record, indent=2) + "\n")
-    import model_cards  # imported here: model cards are optional for the conversion code itself
-
     model_cards.write_model_card(dst)
