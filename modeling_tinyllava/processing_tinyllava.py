@@ -20,6 +20,18 @@ SYSTEM_PROMPT = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
+# Sets `num_images` and `text` for `message`, whose content is a string with inline "<image>" markers or a list of
+# {"type": "image"} / {"type": "text"} parts.
+_READ_MESSAGE = (
+    "{%- if message['content'] is string -%}"
+    "{%- set num_images = message['content'].count('<image>') -%}"
+    "{%- set text = message['content'].replace('<image>', '') -%}"
+    "{%- else -%}"
+    "{%- set num_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
+    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') -%}"
+    "{%- endif -%}"
+)
+
 # `USER: <q> ASSISTANT: <a><eos>` turns after the system prompt. The original moves every image to the front of its
 # user turn ("<image>\n" + text.strip()) and renders an open assistant turn as "ASSISTANT:" with no trailing space.
 # `{% generation %}` marks exactly what the original supervises: the answer (with its leading space, which merges into
@@ -34,14 +46,8 @@ _CONVERSATION_TEMPLATE = (
     "{%- endif -%}"
     "{{- ns.system + ' ' -}}"
     "{%- for message in messages[ns.start:] -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set num_images = message['content'].count('<image>') -%}"
-    "{%- set text = message['content'].replace('<image>', '') -%}"
-    "{%- else -%}"
-    "{%- set num_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
-    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') -%}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}"
+    + _READ_MESSAGE
+    + "{%- if message['role'] == 'user' -%}"
     "{%- if num_images > 0 -%}{%- set text = '<image>\\n' * num_images + text | trim -%}{%- endif -%}"
     "{{- 'USER: ' + text + ' ' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
@@ -55,14 +61,8 @@ _CONVERSATION_TEMPLATE = (
 # renders at least one "<image>") and every answer is followed by a newline, with no system prompt and no end-of-turn.
 _PRETRAIN_TEMPLATE = (
     "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}"
-    "{%- set num_images = message['content'].count('<image>') -%}"
-    "{%- set text = message['content'].replace('<image>', '') -%}"
-    "{%- else -%}"
-    "{%- set num_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
-    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') -%}"
-    "{%- endif -%}"
-    "{%- if message['role'] == 'user' -%}{{- '<image>' * ([num_images, 1] | max) -}}"
+    + _READ_MESSAGE
+    + "{%- if message['role'] == 'user' -%}{{- '<image>' * ([num_images, 1] | max) -}}"
     "{%- elif message['role'] == 'assistant' -%}{%- generation -%}{{- text + '\\n' -}}{%- endgeneration -%}"
     "{%- endif -%}"
     "{%- endfor -%}"
