@@ -48,11 +48,15 @@ def load_model(model: str, dtype: str = "float32", device: str | None = None):
 
 def build_prompt(processor, question: Question) -> str:
     """The original eval prompt: one user turn `"<image>\\n" + text` and the open assistant turn, rendered with the
-    checkpoint's chat template (for the original templates: `SYSTEM USER: <image>\\n{text} ASSISTANT:`)."""
-    content = [{"type": "image"}] if question.image is not None else []
-    content.append({"type": "text", "text": question.text})
-    messages = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    checkpoint's chat template (for the original templates: `SYSTEM USER: <image>\\n{text} ASSISTANT:`).
+
+    The turn is a plain string, which every chat template renders (an LLM's own template may not know image parts);
+    the processor then expands `<image>` into the image's placeholder tokens.
+    """
+    text = question.text if question.image is None else "<image>\n" + question.text
+    return processor.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
 
 
 class _QuestionImages(Dataset):
