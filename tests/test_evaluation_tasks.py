@@ -220,3 +220,10 @@ def test_answer_file_refuses_another_models_answers_and_corrupt_lines(tmp_path):
     (tmp_path / "b.jsonl").write_text('not json\n{"question_id": 1, "prompt": "q", "text": "x"}\n')
     with pytest.raises(EvaluationError, match="b.jsonl, line 1: not an answer record"):
         AnswerFile(tmp_path / "b.jsonl", model="m").load()
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--max-new-tokens", "0"), ("--num-workers", "-1")])
+def test_bad_numeric_options_are_rejected(tmp_path, pope_files, option, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run("pope", tmp_path, *pope_files, option, value)
+    assert exit_info.value.code == 2 and option in capsys.readouterr().err
