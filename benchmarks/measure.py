@@ -1,0 +1,131 @@
+"""Measurement helpers shared by the benchmarks: timing, peak memory, the matmul ceiling, machine load, results.
+
+Every benchmark reports ratios measured side by side in one run, because the machine is shared and absolute numbers
+drift with its load; `machine_load()` is recorded next to every result so that a reader can judge the noise.
+"""
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NUM_THREADS = 2
+
+
+def set_threads(num_threads: int = NUM_THREADS) -> None:
+    """Pins torch to `num_threads` intra-op threads (the issue measures everything at 2 threads)."""
+    torch.set_num_threads(num_threads)
+
+
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    """Current resident set size of this process, in MB."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def matmul_ceiling_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The fp32 matmul rate this process reaches with its torch threads: best of `repeats` square matmuls, GFLOP/s.
+
+    The best (not the median) run is the ceiling: it is what the hardware gives when nothing else interferes.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def machine_load() -> dict:
+    """Load averages and CPU count, recorded with every result (other jobs may share the machine)."""
+    load1, load5, load15 = os.getloadavg()
+    return {"loadavg_1m": load1, "loadavg_5m": load5, "loadavg_15m": load15, "cpus": os.cpu_count()}
+
+
+def environment() -> dict:
+    """Library versions and thread count behind a result."""
+    import transformers
+
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+    for name in ("trl", "peft"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def write_results(name: str, payload: dict) -> Path:
+    """Writes `payload` (plus the command line, environment and load) to `benchmarks/results/<name>.json`."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    record = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "environment": environment(),
+        "load_at_end": machine_load(),
+        **payload,
+    }
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of `rows` restricted to `columns`; floats get 3 significant decimals."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+        if isinstance(value, bool):
+            return "yes" if value else "NO"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each function, calling them in turn (a, b, c, a, b, c, ...) so that load drift on a shared
+    machine hits every implementation alike. The starting implementation rotates each repetition."""
+    names = list(functions)
+    for _ in range(warmup):
+        for name in names:
+            functions[name]()
+    times = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[: repeat % len(names)]:
+            start = time.perf_counter()
+            functions[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
