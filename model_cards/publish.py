@@ -14,6 +14,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .card import placeholder_repo_id
 from .checkpoint import LLAVA_MODEL_TYPE, read_json, read_optional_json, weight_files
+from .eval_results import EVAL_RESULTS_FILE, load_results
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,20 @@ def final_card_text(checkpoint_dir: Path, repo_id: str) -> str:
     return text
 
 
-def check_card(text: str) -> ModelCard:
-    """Parses the card (YAML metadata, model-index) and checks the metadata the Hub needs to list the model."""
+def check_card(checkpoint_dir: Path, text: str) -> None:
+    """Parses the card (YAML metadata, model-index), checks the metadata the Hub needs to list the model, and that
+    the card is not older than the directory's evaluation results."""
     try:
         card = ModelCard(text)
-    except Exception as error:
+    except Exception as error:  # yaml, validation and type errors all mean "does not parse"
         raise PublishError(f"README.md: the card metadata does not parse: {error}") from error
     absent = [key for key in REQUIRED_CARD_METADATA if not card.data.get(key)]
     if absent:
         raise PublishError(f"README.md: the card metadata lacks {', '.join(absent)}; regenerate it with tinyllava-card.")
-    return card
+    eval_path = checkpoint_dir / EVAL_RESULTS_FILE
+    if eval_path.is_file() and load_results(eval_path) and not card.data.eval_results:
+        raise PublishError(f"README.md has no evaluation results but {EVAL_RESULTS_FILE} has; the card is older than "
+                           f"the results. Regenerate it with `tinyllava-card {checkpoint_dir}`.")
 
 
 def check_loads(checkpoint_dir: Path, trust_remote_code: bool) -> str:
@@ -142,7 +147,7 @@ def push(checkpoint_dir: str | Path, repo_id: str, private: bool = False, dry_ru
     if missing:
         raise PublishError(f"{checkpoint_dir} is not a complete model repo; missing:\n  - " + "\n  - ".join(missing))
     card_text = final_card_text(checkpoint_dir, repo_id)
-    check_card(card_text)
+    check_card(checkpoint_dir, card_text)
     token = None
     if dry_run is None:
         token = get_token()

@@ -1,5 +1,6 @@
 """tinyllava-push: validation errors, the dry run, and the upload call (HfApi monkeypatched; no network)."""
 
+import json
 import re
 import shutil
 
@@ -12,6 +13,8 @@ from model_cards import publish as publish_module
 from model_cards.cli import push_main
 
 REPO_ID = "me/tiny-tinyllava"
+POPE = {"task": "pope", "dataset_name": "POPE", "dataset_type": "lmms-lab/POPE", "split": "test",
+        "metrics": {"accuracy": 0.85}}
 
 
 @pytest.fixture
@@ -94,6 +97,12 @@ def test_missing_files_are_named(publishable_dir, tmp_path, remove, message):
 def test_card_without_required_metadata_is_refused(publishable_dir, tmp_path):
     (publishable_dir / "README.md").write_text("---\nlicense: mit\n---\n# My model\n")
     with pytest.raises(PublishError, match="card metadata lacks pipeline_tag, library_name"):
+        push(publishable_dir, REPO_ID, dry_run=tmp_path / "dry")
+
+
+def test_card_older_than_eval_results_is_refused(publishable_dir, tmp_path):
+    (publishable_dir / "eval_results.json").write_text(json.dumps({"results": [POPE]}))
+    with pytest.raises(PublishError, match="the card is older than the results"):
         push(publishable_dir, REPO_ID, dry_run=tmp_path / "dry")
 
 
