@@ -47,6 +47,13 @@ def publishable_files(checkpoint_dir: Path) -> list[str]:
     return sorted(files)
 
 
+def remote_code_files(auto_map: dict) -> set[str]:
+    """The `.py` files an `auto_map` needs in the repo itself (`"module.Class"`; a tokenizer maps to a list of such
+    names, with None for an absent slow class; `"other/repo--module.Class"` lives in another repo)."""
+    refs = [ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value]) if ref]
+    return {ref.split(".")[0] + ".py" for ref in refs if "--" not in ref}
+
+
 def missing_files(checkpoint_dir: Path) -> list[str]:
     """What a loadable, documented Hub repo needs and the directory lacks, each with a hint."""
     config_path = checkpoint_dir / "config.json"
@@ -63,12 +70,11 @@ def missing_files(checkpoint_dir: Path) -> list[str]:
         missing.append("tokenizer files (tokenizer_config.json and tokenizer.json or tokenizer.model)")
     config = read_json(config_path)
     if config.get("model_type") != LLAVA_MODEL_TYPE:
-        auto_maps = [config.get("auto_map", {}), (read_optional_json(checkpoint_dir / "processor_config.json") or {})
-                     .get("auto_map", {})]
-        modules = sorted({ref.split(".")[0] + ".py" for auto_map in auto_maps for ref in auto_map.values()})
-        if not modules:
+        processor_config = read_optional_json(checkpoint_dir / "processor_config.json") or {}
+        modules = remote_code_files(config.get("auto_map", {})) | remote_code_files(processor_config.get("auto_map", {}))
+        if not config.get("auto_map"):
             missing.append("remote code: config.json has no auto_map")
-        missing += [f"{name} (remote code named in auto_map)" for name in modules
+        missing += [f"{name} (remote code named in auto_map)" for name in sorted(modules)
                     if not (checkpoint_dir / name).is_file()]
     if not (checkpoint_dir / "README.md").is_file():
         missing.append(f"README.md (write it with `tinyllava-card {checkpoint_dir}`)")
