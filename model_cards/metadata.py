@@ -55,18 +55,14 @@ def base_models(arch: Architecture, stages: list[Stage], conversion: Conversion 
     return [name for name in (hub_id(arch.llm), hub_id(arch.vision_tower)) if name]
 
 
-def base_model_relation(stages: list[Stage], conversion: Conversion | None, is_adapter: bool) -> str | None:
+def base_model_relation(stages: list[Stage], conversion: Conversion | None) -> str | None:
     """How the checkpoint relates to its base models, in the Hub's vocabulary.
 
     The Hub has no "converted" relation; a conversion keeps the source weights, and "finetune" is the relation the
     Hub would infer for a single base model anyway. A model assembled from an LLM and a vision tower but never
     trained gets none (the Hub then shows it as a merge of its two bases, which is what it is).
     """
-    if is_adapter:
-        return "adapter"
-    if stages or conversion is not None:
-        return "finetune"
-    return None
+    return "finetune" if stages or conversion is not None else None
 
 
 def training_datasets(stages: list[Stage]) -> list[str]:
@@ -93,11 +89,10 @@ def build_card_data(
     eval_results: list[dict],
     license: str | None = None,
     language: str | list[str] | None = None,
-    is_adapter: bool = False,
 ) -> ModelCardData:
     """The card metadata; `model-index` is written only when there are evaluation results."""
     bases = base_models(arch, stages, conversion)
-    relation = base_model_relation(stages, conversion, is_adapter) if bases else None
+    relation = base_model_relation(stages, conversion) if bases else None
     return ModelCardData(
         model_name=model_name,
         license=license or DEFAULT_LICENSE,
