@@ -1,6 +1,5 @@
 """The YAML metadata of a card (huggingface_hub `ModelCardData`): base models, datasets, tags and the model-index."""
 
-import logging
 from pathlib import Path
 
 from huggingface_hub import ModelCardData
@@ -8,8 +7,6 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .checkpoint import Architecture, Conversion, Stage
 from .eval_results import to_eval_results
-
-logger = logging.getLogger(__name__)
 
 BASE_TAGS = ["tinyllava", "llava", "vision-language", "image-text-to-text"]
 # Names with these suffixes are data files (LLaVA JSON, parquet shards...), never Hub repos.
