@@ -127,6 +127,54 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def publish_results(checkpoint: Path, real, blank, num_questions: int, output_dir: Path) -> tuple[Path, Path]:
+    """Writes the evaluation summary, merges it into the checkpoint's `eval_results.json` and regenerates the
+    model card, so the Hub-ready checkpoint carries its own results.
+
+    Returns:
+        `(summary_path, model_card_path)`.
+    """
+    from model_cards import merge_eval_results, write_model_card
+
+    summary_path = output_dir / "eval" / "synthetic_shapes_qa_summary.json"
+    summary_path.parent.mkdir(exist_ok=True)
+    summary_path.write_text(json.dumps(eval_summary(real, blank, num_questions), indent=2) + "\n")
+    merge_eval_results(checkpoint, [summary_path])
+    return summary_path, write_model_card(checkpoint)
+
+
+def check_margin(real, blank, min_margin: float | None) -> None:
+    """Exits non-zero unless the real-image accuracy beats the blank-image accuracy by `min_margin` (None: report
+    only)."""
+    if min_margin is None:
+        print("(--quick: too few steps to learn; the accuracy margin is reported but not checked.)")
+    elif real.overall - blank.overall < min_margin:
+        raise SystemExit(
+            f"Demo FAILED: real-image accuracy {real.overall:.1%} does not beat the blank-image accuracy "
+            f"{blank.overall:.1%} by {min_margin:.0%}."
+        )
+
+
+def print_report(real, blank, settings: DemoSettings, example: dict, answer: str, locations: dict, timings: dict):
+    """The final summary: accuracies, the pipeline's answer, where everything is and how long each phase took."""
+    margin = real.overall - blank.overall
+    required = f" (required: >= {settings.min_margin:+.0%})" if settings.min_margin is not None else ""
+    print("\n" + "=" * 80)
+    print("TinyLLaVA demo finished.\n")
+    print(f"Held-out accuracy ({settings.num_eval} questions, exact match):")
+    print(format_accuracy("with the real image", real))
+    print(format_accuracy("with a blank image", blank))
+    print(f"  {'margin':<22} {margin:+6.1%}{required}")
+    print(f"\npipeline('image-text-to-text') on {example['image']}:")
+    print(f"  Q: {example['question']}\n  A: {answer!r}   (expected {example['answer']!r})")
+    print("\nWhere everything is:")
+    for label, path in locations.items():
+        print(f"  {label:<28} {path}")
+    print("\nWall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+    print(f"Publish the checkpoint with: tinyllava-push {locations['Hub-ready checkpoint']} <user>/<repo>")
+    print("=" * 80)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the demo; returns 0, or exits non-zero when the real images do not clearly beat the blank image."""
     args = parse_args(argv)
@@ -141,60 +189,31 @@ def main(argv: list[str] | None = None) -> int:
     llm_dir, vision_dir = build_components(output_dir / "components", settings.model)
     timings["data + components"] = time.perf_counter() - start
 
-    stage_start = time.perf_counter()
+    phase_start = time.perf_counter()
     stages = run_stages(settings, data, llm_dir, vision_dir, output_dir)
-    timings["training"] = time.perf_counter() - stage_start
     checkpoint = stages["finetune"]
     loss_plot = plot_stage_losses(stages, output_dir / "loss_curves.png")
+    timings["training"] = time.perf_counter() - phase_start
 
-    eval_start = time.perf_counter()
+    phase_start = time.perf_counter()
     real, blank = evaluate_checkpoint(checkpoint, data.eval_json, data.image_folder)
-    summary_path = output_dir / "eval" / "synthetic_shapes_qa_summary.json"
-    summary_path.parent.mkdir(exist_ok=True)
-    summary_path.write_text(json.dumps(eval_summary(real, blank, settings.num_eval), indent=2) + "\n")
-    from model_cards import merge_eval_results, write_model_card
-
-    merge_eval_results(checkpoint, [summary_path])
-    card = write_model_card(checkpoint)
+    summary_path, card = publish_results(checkpoint, real, blank, settings.num_eval, output_dir)
     example = json.loads(data.eval_json.read_text())[0]
     answer = pipeline_answer(checkpoint, data.image_folder / example["image"], example["question"])
-    timings["evaluation"] = time.perf_counter() - eval_start
+    timings["evaluation"] = time.perf_counter() - phase_start
     timings["total"] = time.perf_counter() - start
 
-    margin = real.overall - blank.overall
-    print("\n" + "=" * 80)
-    print("TinyLLaVA demo finished.\n")
-    print(f"Held-out accuracy ({settings.num_eval} questions, exact match):")
-    print(format_accuracy("with the real image", real))
-    print(format_accuracy("with a blank image", blank))
-    print(
-        f"  margin                 {margin:+6.1%}"
-        + (f" (required: >= {settings.min_margin:+.0%})" if settings.min_margin else "")
-    )
-    print(f"\npipeline('image-text-to-text') on {example['image']}:")
-    print(f"  Q: {example['question']}\n  A: {answer!r}   (expected {example['answer']!r})")
-    print("\nWhere everything is:")
-    for label, path in (
-        ("synthetic data (LLaVA JSON)", data.pretrain_json.parent),
-        ("images", data.image_folder),
-        ("tokenizer + tiny LLM", llm_dir),
-        ("tiny vision tower", vision_dir),
-        ("pretrain checkpoint", stages["pretrain"]),
-        ("Hub-ready checkpoint", checkpoint),
-        ("model card", card),
-        ("loss curves (both stages)", loss_plot),
-        ("evaluation summary", summary_path),
-    ):
-        print(f"  {label:<28} {path}")
-    print("\nWall time: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
-    print(f"Publish it with: tinyllava-push {checkpoint} <user>/<repo>")
-    print("=" * 80)
-
-    if settings.min_margin is None:
-        print("(--quick: too few steps to learn; the accuracy margin is reported but not checked.)")
-    elif margin < settings.min_margin:
-        raise SystemExit(
-            f"Demo FAILED: real-image accuracy {real.overall:.1%} does not beat the blank-image accuracy "
-            f"{blank.overall:.1%} by {settings.min_margin:.0%}."
-        )
+    locations = {
+        "synthetic data (LLaVA JSON)": data.pretrain_json.parent,
+        "images": data.image_folder,
+        "tokenizer + tiny LLM": llm_dir,
+        "tiny vision tower": vision_dir,
+        "pretrain checkpoint": stages["pretrain"],
+        "Hub-ready checkpoint": checkpoint,
+        "model card": card,
+        "loss curves (both stages)": loss_plot,
+        "evaluation summary": summary_path,
+    }
+    print_report(real, blank, settings, example, answer, locations, timings)
+    check_margin(real, blank, settings.min_margin)
     return 0

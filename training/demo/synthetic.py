@@ -116,4 +116,5 @@ def vocabulary_corpus() -> list[str]:
     """Every word the synthetic data can contain, as sentences to train a tokenizer on."""
     words = [*COLORS, *SHAPES, *(shape + "s" for shape in SHAPES), *QUADRANTS, *NUMBER_WORDS, "at the"]
     questions = [question + ANSWER_SUFFIX for phrasings in QUESTIONS.values() for question in phrasings]
-    return [" ".join(words), CAPTION_PROMPT, *questions]
+    # Answers follow "ASSISTANT:" after a space, captions start a line: each word is needed in both forms.
+    return [" ".join(words), " " + " ".join(words), CAPTION_PROMPT, *questions]

@@ -1,0 +1,132 @@
+"""The offline demo (`tinyllava-train demo`): its synthetic data says what its images show, and a reduced-size run
+(`--quick`) goes through the real CLI end to end and leaves every promised output behind."""
+
+import json
+import random
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import AutoTokenizer, pipeline
+
+from training.cli import main as train_main
+from training.data import llava_record_to_sample
+from training.demo.components import ModelSize, build_components
+from training.demo.dataset import write_demo_data
+from training.demo.evaluate import Accuracy
+from training.demo.run import check_margin
+from training.demo.synthetic import (
+    BACKGROUND,
+    COLORS,
+    QUADRANTS,
+    QUESTION_TYPES,
+    blank_image,
+    draw_scene,
+    question_types_for,
+    random_scene,
+)
+
+
+def shape_pixels(image, quadrant: int) -> np.ndarray:
+    """Boolean mask of the clearly non-background pixels of one quadrant (anti-aliased edges excluded)."""
+    pixels = np.asarray(image, dtype=np.int32)
+    half = pixels.shape[0] // 2
+    row, column = divmod(quadrant, 2)
+    block = pixels[row * half : (row + 1) * half, column * half : (column + 1) * half]
+    return np.abs(block - np.array(BACKGROUND)).sum(-1) > 120, block
+
+
+def test_scene_answers_describe_what_is_drawn():
+    """Colour, count, position and shape answers agree with the pixels, so the task is learnable and fair."""
+    rng = random.Random(0)
+    for _ in range(60):
+        scene = random_scene(rng)
+        image = draw_scene(scene, 64, rng)
+        occupied = []
+        for quadrant in range(len(QUADRANTS)):
+            mask, block = shape_pixels(image, quadrant)
+            if mask.sum() < 20:
+                continue
+            occupied.append(quadrant)
+            mean = block[mask].mean(0)
+            nearest = min(COLORS, key=lambda name: np.abs(mean - np.array(COLORS[name])).sum())
+            assert nearest == scene.answer("color")
+            rows, columns = np.nonzero(mask)
+            fill = mask.sum() / ((np.ptp(rows) + 1) * (np.ptp(columns) + 1))
+            expected_fill = {"square": 1.0, "circle": np.pi / 4, "triangle": 0.5}[scene.answer("shape")]
+            assert fill == pytest.approx(expected_fill, abs=0.12), scene
+        assert len(occupied) == scene.count
+        if scene.count == 1:
+            assert QUADRANTS[occupied[0]] == scene.answer("position")
+        else:
+            assert "position" not in question_types_for(scene)
+            with pytest.raises(ValueError, match="single shape"):
+                scene.answer("position")
+    assert not shape_pixels(blank_image(64), 0)[0].any()
+
+
+def test_demo_data_is_valid_llava_json_with_balanced_held_out_questions(tmp_path):
+    data = write_demo_data(tmp_path, num_pretrain=8, num_finetune=8, num_eval=12, image_size=32)
+    for path in (data.pretrain_json, data.finetune_json):
+        for index, record in enumerate(json.loads(path.read_text())):
+            sample = llava_record_to_sample(record, index, str(path))  # the training loader's own parser
+            assert (data.image_folder / record["image"]).is_file()
+            roles = [message["role"] for message in sample["messages"]]
+            assert roles == ["user", "assistant"] * (len(roles) // 2)
+            assert sum(part["type"] == "image" for m in sample["messages"] for part in m["content"]) == 1
+    held_out = json.loads(data.eval_json.read_text())
+    assert [item["type"] for item in held_out] == [QUESTION_TYPES[i % 4] for i in range(12)]
+    train_images = {r["image"] for p in (data.pretrain_json, data.finetune_json) for r in json.loads(p.read_text())}
+    assert train_images.isdisjoint(item["image"] for item in held_out)
+
+
+def test_demo_tokenizer_round_trips_the_template_and_keeps_answers_short(tmp_path):
+    llm_dir, _ = build_components(tmp_path, ModelSize(vision_layers=1, text_hidden=32, text_layers=1))
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    text = "USER: <image>\nHow many shapes are there? Answer with a word or two. ASSISTANT: three</s>"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    for answer in [*COLORS, "circle", "square", "triangle", "one", "four"]:
+        assert len(tokenizer(" " + answer)["input_ids"]) == 1, answer
+
+
+def test_margin_check_fails_the_demo_when_the_image_does_not_help():
+    same = Accuracy(0.4, {"color": 0.4})
+    with pytest.raises(SystemExit, match="does not beat the blank-image accuracy"):
+        check_margin(same, same, min_margin=0.25)
+    check_margin(Accuracy(0.9, {"color": 0.9}), same, min_margin=0.25)
+
+
+def test_quick_demo_runs_end_to_end_through_the_cli(tmp_path, capsys):
+    output_dir = tmp_path / "demo"
+    assert train_main(["demo", "--output_dir", str(output_dir), "--quick"]) == 0
+    printed = capsys.readouterr().out
+
+    for name in ("pretrain.json", "finetune.json", "eval.json"):
+        assert (output_dir / "data" / name).is_file()
+    assert (output_dir / "loss_curves.png").stat().st_size > 0
+    checkpoint = output_dir / "finetune"
+    for name in ("model.safetensors", "config.json", "processor_config.json", "modeling_tinyllava.py", "README.md"):
+        assert (checkpoint / name).is_file(), name
+    stages = json.loads((checkpoint / "tinyllava_run.json").read_text())["stages"]
+    assert [stage["recipe"] for stage in stages] == ["pretrain", "finetune"]
+    assert stages[1]["base_checkpoint"] == str(output_dir / "pretrain")
+
+    # The accuracies are measured, printed, and carried by the checkpoint's eval results and model card.
+    metrics = json.loads((checkpoint / "eval_results.json").read_text())["results"][0]["metrics"]
+    for label, key in (("with the real image", "accuracy"), ("with a blank image", "blank_image_accuracy")):
+        assert 0.0 <= metrics[key] <= 1.0
+        assert re.search(rf"{label}\s+{metrics[key] * 100:.1f}%", printed), printed
+    assert "blank_image_accuracy" in (checkpoint / "README.md").read_text()
+
+    # The printed answer is what the image-text-to-text pipeline gives for the first held-out question.
+    example = json.loads((output_dir / "data" / "eval.json").read_text())[0]
+    printed_answer = re.search(r"  A: '(.*)'   \(expected", printed).group(1)
+    generator = pipeline("image-text-to-text", model=str(checkpoint), trust_remote_code=True)
+    image = Image.open(output_dir / "data" / "images" / example["image"])
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": example["question"]}]}
+    ]
+    output = generator(text=messages, max_new_tokens=6, return_full_text=False, generate_kwargs={"do_sample": False})
+    assert output[0]["generated_text"].strip() == printed_answer
+    assert str(checkpoint) in printed and "Wall time" in printed
