@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from conftest import make_image
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
-from training.cli import main
+from training.cli import run
 from training.collator import TinyLlavaCollator
 from training.data import text_to_parts
 from training.merge import load_adapter_model
@@ -22,7 +22,7 @@ def lora_run(components_dir, tmp_path_factory):
     """A 3-step finetune_lora stage on a NEW Phi + SigLIP model (so its base is saved next to the adapter)."""
     root = tmp_path_factory.mktemp("lora")
     data = write_llava_dataset(root)
-    output_dir = main(train_argv(
+    output_dir = run(train_argv(
         "finetune_lora", root / "out", data, "--llm", str(components_dir / "phi"), "--vision_tower",
         str(components_dir / "siglip"), "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0",
         "--learning_rate", "1e-2",

@@ -3,6 +3,9 @@ falls, the Hub-ready output of each stage, the next stage starting from it, and 
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ import yaml
 
 from conftest import assemble
 from training.arguments import ModelArguments
-from training.cli import RECIPE_NAMES, RECIPES_DIR, main, parse_args
+from training.cli import RECIPE_NAMES, RECIPES_DIR, main, parse_args, run
 from training.train import load_model_and_processor
 from training.tuning import apply_lora, module_of, optimizer_param_groups, set_trainable
 from training_helpers import train_argv, write_llava_dataset
@@ -110,6 +113,14 @@ def test_recipe_errors_name_the_key(tmp_path):
         parse_args(["finetune", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o", "--tune_llm", "half"])
 
 
+def test_python_m_training_is_the_cli():
+    result = subprocess.run([sys.executable, "-m", "training", "finetune", "--help"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for flag in ("--llm", "--vision_tower", "--model_name_or_path", "--data_path", "--on_bad_sample", "--max_steps"):
+        assert flag in result.stdout
+
+
 def test_every_recipe_parses_and_the_command_line_overrides_it():
     for recipe in RECIPE_NAMES:
         model_args, data_args, args, name = parse_args(
@@ -129,9 +140,9 @@ def test_pretrain_then_finetune_chain(components_dir, tmp_path):
     """pretrain (new model) -> finetune (from the pretrain dir), each 3 steps on a memorizable batch."""
     data = write_llava_dataset(tmp_path)
     new_model = ["--llm", str(components_dir / "qwen2"), "--vision_tower", str(components_dir / "siglip")]
-    pretrain_dir = main(train_argv("pretrain", tmp_path / "pretrain", data, *new_model, "--learning_rate", "1e-2",
+    pretrain_dir = run(train_argv("pretrain", tmp_path / "pretrain", data, *new_model, "--learning_rate", "1e-2",
                                    "--seed", "0"))  # the seed `assemble` uses: the same fresh <image> embedding row
-    finetune_dir = main(train_argv("finetune", tmp_path / "finetune", data, "--model_name_or_path", str(pretrain_dir),
+    finetune_dir = run(train_argv("finetune", tmp_path / "finetune", data, "--model_name_or_path", str(pretrain_dir),
                                    "--learning_rate", "3e-3"))  # fmt: skip
     for output_dir in (pretrain_dir, finetune_dir):
         assert HUB_FILES <= {path.name for path in output_dir.iterdir()}
@@ -153,7 +164,7 @@ def test_pretrain_then_finetune_chain(components_dir, tmp_path):
 
 def test_share_recipe_trains(components_dir, tmp_path):
     data = write_llava_dataset(tmp_path)
-    output_dir = main(train_argv("share", tmp_path / "share", data, "--llm", str(components_dir / "llama"),
+    output_dir = run(train_argv("share", tmp_path / "share", data, "--llm", str(components_dir / "llama"),
                                  "--vision_tower", str(components_dir / "clip"), "--learning_rate", "3e-3"))  # fmt: skip
     loss = losses(output_dir)
     assert all(math.isfinite(x) for x in loss) and loss[-1] < loss[0], loss

@@ -61,7 +61,17 @@ def parse_args(argv: list[str]):
     return model_args, data_args, sft_config, recipe.stem if recipe else None
 
 
-def main(argv: list[str] | None = None):
+def run(argv: list[str]) -> Path:
+    """Trains the stage `argv` describes (`[RECIPE] --flags...`) and returns its output directory."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    model_args, data_args, sft_config, recipe = parse_args(argv)
+    from .train import train
+
+    return train(model_args, data_args, sft_config, recipe=recipe)
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    """Console entry point; returns the exit status of `demo`, None (success) otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
         from .demo import main as demo_main
@@ -74,11 +84,8 @@ def main(argv: list[str] | None = None):
     if not argv:
         print(__doc__)
         return None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    model_args, data_args, sft_config, recipe = parse_args(argv)
-    from .train import train
-
-    return train(model_args, data_args, sft_config, recipe=recipe)
+    run(argv)
+    return None
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ def prepare_args(args: SFTConfig) -> SFTConfig:
     """Settings the custom collator needs, whatever the recipe says."""
     args.remove_unused_columns = False  # the collator reads `messages` / `images`
     args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    if not torch.cuda.is_available():
+        args.dataloader_pin_memory = False  # pinned host memory only speeds up copies to a GPU
     if args.resume_from_checkpoint in ("true", "True", "last"):
         args.resume_from_checkpoint = True  # Trainer: the last checkpoint-N in output_dir
     return args
