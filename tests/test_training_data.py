@@ -8,9 +8,10 @@ import platform
 import datasets
 import pytest
 
-from conftest import make_image
+from conftest import assemble, make_image
 from training.arguments import DataArguments
 from training.cli import main
+from training.collator import TinyLlavaCollator
 from training.data import BadSampleError, load_training_dataset
 from training.malloc_tuning import tune_malloc
 from training_helpers import llava_record, write_llava_dataset
@@ -43,16 +44,21 @@ def test_llava_json_and_jsonl_become_trl_messages(tmp_path):
         assert dataset[2]["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "Be terse."}]}
 
 
-def test_hf_dataset_with_messages_and_images(tmp_path):
-    messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
-                 {"role": "assistant", "content": [{"type": "text", "text": "A square."}]}]]  # fmt: skip
-    dataset = datasets.Dataset.from_dict({"messages": messages, "images": [[make_image()]]})
-    dataset.save_to_disk(tmp_path / "saved")
-    dataset.to_parquet(tmp_path / "data.parquet")
-    for source in (tmp_path / "saved", tmp_path / "data.parquet"):
-        loaded = load(source)
-        assert loaded.column_names == ["id", "messages", "images"]
-        assert loaded[0]["images"][0].size == (40, 24)  # decoded lazily by datasets, per row
+def test_hf_dataset_with_messages_and_images(tmp_path, components_dir):
+    parts = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "A square."}]}]  # fmt: skip
+    strings = [{"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "A square."}]
+    _, processor = assemble(components_dir, "phi", "siglip")
+    for name, messages in (("parts", parts), ("strings", strings)):
+        dataset = datasets.Dataset.from_dict({"messages": [messages], "images": [[make_image()]]})
+        dataset.save_to_disk(tmp_path / name)
+        dataset.to_parquet(tmp_path / f"{name}.parquet")
+        for source in (tmp_path / name, tmp_path / f"{name}.parquet"):
+            loaded = load(source)
+            assert loaded.column_names == ["id", "messages", "images"]
+            assert loaded[0]["images"][0].size == (40, 24)  # decoded lazily by datasets, per row
+            batch = TinyLlavaCollator(processor)([loaded[0]])
+            assert processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100]) == " A square.<|endoftext|>"
 
 
 def test_convert_data_roundtrip(tmp_path):

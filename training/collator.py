@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import BadSampleError, resolve_image_path
+from .data import BadSampleError, normalize_messages, resolve_image_path
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class TinyLlavaCollator:
                     for part in message["content"]
                 ],
             }
-            for message in sample["messages"]
+            for message in normalize_messages(sample["messages"])
         ]
         encoded = self.processor.apply_chat_template(
             messages,

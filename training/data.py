@@ -147,6 +147,7 @@ def conversation_problem(messages: list[dict], images: list, image_folder: str |
     """
     if not messages:
         return "empty_conversation", "empty conversation"
+    messages = normalize_messages(messages)
     roles = [message["role"] for message in messages]
     turns = roles[1:] if roles[0] == "system" else roles
     if not turns or turns != ["user", "assistant"] * (len(turns) // 2):
