@@ -17,9 +17,10 @@ import functools
 import types
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 from trl.kernels import ChunkedLogProbFunction
-from trl.trainer.utils import FusedCausalLMOutput
+from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
 
 IGNORE_INDEX = -100
 # Vocabulary tile of the kernel: bounds the (supervised tokens, tile) temporaries.
@@ -42,12 +43,17 @@ def supervised_log_probs(
         `FusedCausalLMOutput` whose `log_probs`, `entropy`, `is_top1` and `label_mask` are `(batch, seq_len - 1)`,
         zero off the supervised positions, and whose `loss` is the mean negative log-likelihood over them.
     """
-    labels = labels[:, 1:].to(lm_head.weight.device)
+    weight, bias = lm_head.weight, lm_head.bias
+    if isinstance(weight, DTensor):  # FSDP2 shards the head; the hidden states are a plain tensor
+        weight, bias = weight.full_tensor(), None if bias is None else bias.full_tensor()
+    labels = labels[:, 1:].to(weight.device)
     mask = labels != IGNORE_INDEX
-    hidden = hidden_states[:, :-1][mask].to(lm_head.weight.device)
-    per_token = ChunkedLogProbFunction.apply(
-        hidden, lm_head.weight, lm_head.bias, labels[mask], 1.0, VOCAB_CHUNK_SIZE, softcap, 1.0, METRIC_OUTPUTS
-    )
+    hidden = hidden_states[:, :-1][mask].to(weight.device)
+    # The kernel reads the head's parameters directly, so under ZeRO-3 they must be gathered explicitly.
+    with maybe_gather_lm_head_ctx(weight, bias):
+        per_token = ChunkedLogProbFunction.apply(
+            hidden, weight, bias, labels[mask], 1.0, VOCAB_CHUNK_SIZE, softcap, 1.0, METRIC_OUTPUTS
+        )
     # masked_scatter keeps the result connected to the graph even when a micro-batch has no supervised token.
     log_probs, entropy, _, _, is_top1 = (
         None if values is None else values.new_zeros(mask.shape).masked_scatter(mask, values) for values in per_token
