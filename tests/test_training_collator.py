@@ -5,15 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_image
+from PIL import Image
 from tokenizers import processors
+from training_helpers import A1, A2, Q1, Q2
 from transformers import AutoTokenizer, SiglipImageProcessorPil
 
-from conftest import make_image
 from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaProcessor
 from modeling_tinyllava.processing_tinyllava import SYSTEM_PROMPT, add_image_token
 from training.collator import IGNORE_INDEX, TinyLlavaCollator
 from training.data import BadSampleError, text_to_parts
-from training_helpers import A1, A2, Q1, Q2
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"original-code fixture not found at {FIXTURE}")
@@ -37,6 +38,11 @@ def original_tokenize(prompt: str, tokenizer) -> list[int]:
     return ids
 
 
+def unspliced(labels: list[int]) -> list[int]:
+    """Image positions left in the labels become IGNORE when the original splices in the features (§2.2)."""
+    return [IGNORE_INDEX if label == ORIGINAL_IMAGE else label for label in labels]
+
+
 def original_labels(prompt: str, tokenizer, template: str) -> tuple[list[int], list[int]]:
     """`Template.make_labels` of the original for `template`; asserts its tokenization-mismatch check passes.
 
@@ -44,8 +50,6 @@ def original_labels(prompt: str, tokenizer, template: str) -> tuple[list[int], l
     tokenizes differently than alone); byte-level tokenizers have no such artefact, so it does not apply here.
     """
     ids = original_tokenize(prompt, tokenizer)
-    # Image positions left in the labels become IGNORE when the original splices in the features (§2.2).
-    unspliced = lambda labels: [IGNORE_INDEX if label == ORIGINAL_IMAGE else label for label in labels]  # noqa: E731
     labels = list(ids)
     if template == "pretrain":
         num_masked = len(original_tokenize("<image>", tokenizer))
@@ -168,8 +172,6 @@ def test_labels_equal_the_original_codes_own_labels():
     }
     for name, (template, turns) in cases.items():
         processor = make_processor(tokenizer, template, num_image_tokens=15)
-        from PIL import Image
-
         encoded = TinyLlavaCollator(processor).encode(sample(*turns, images=[Image.fromarray(image)]))
         ids, labels = collapse_images(encoded["input_ids"], encoded["labels"], processor.image_token_id)
         assert ids == reference[f"{name}_input_ids"].flatten().tolist(), name

@@ -7,14 +7,14 @@ import platform
 
 import datasets
 import pytest
-
 from conftest import assemble, make_image
+from training_helpers import llava_record, write_llava_dataset
+
 from training.arguments import DataArguments
 from training.cli import main
 from training.collator import TinyLlavaCollator
 from training.data import BadSampleError, load_training_dataset
 from training.malloc_tuning import tune_malloc
-from training_helpers import llava_record, write_llava_dataset
 
 
 def load(path, image_folder=None, on_bad_sample="error"):

@@ -5,16 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import make_image
+from safetensors.torch import load_file
+from training_helpers import train_argv, write_llava_dataset
+
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 from training.cli import run
 from training.collator import TinyLlavaCollator
 from training.data import text_to_parts
 from training.merge import load_adapter_model
 from training.merge import main as merge_main
-from training_helpers import train_argv, write_llava_dataset
 
 
 @pytest.fixture(scope="module")

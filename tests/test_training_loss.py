@@ -4,17 +4,17 @@ through `TinyLlavaSFTTrainer.compute_loss`."""
 
 import pytest
 import torch
+from conftest import assemble, make_image
 from datasets import Dataset
+from training_helpers import A1, A2, Q1, Q2
 from trl import SFTConfig
 
-from conftest import assemble, make_image
 from training.arguments import ModelArguments
 from training.collator import IGNORE_INDEX, TinyLlavaCollator
 from training.data import text_to_parts
 from training.supervised_head import install_supervised_lm_head
 from training.trainer import TinyLlavaSFTTrainer
 from training.tuning import apply_lora
-from training_helpers import A1, A2, Q1, Q2
 
 
 def batch_for(processor):

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import assemble
+from training_helpers import train_argv, write_llava_dataset
+
 from training.arguments import ModelArguments
 from training.cli import RECIPE_NAMES, RECIPES_DIR, main, parse_args, run
 from training.train import load_model_and_processor
 from training.tuning import apply_lora, module_of, optimizer_param_groups, set_trainable
-from training_helpers import train_argv, write_llava_dataset
 
 HUB_FILES = {
     "config.json", "model.safetensors", "generation_config.json", "processor_config.json", "chat_template.jinja",
@@ -114,7 +114,7 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 
 def test_python_m_training_is_the_cli():
-    result = subprocess.run([sys.executable, "-m", "training", "finetune", "--help"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "training", "finetune", "--help"], capture_output=True, text=True, check=False,
                             cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     for flag in ("--llm", "--vision_tower", "--model_name_or_path", "--data_path", "--on_bad_sample", "--max_steps"):
@@ -127,6 +127,8 @@ def test_every_recipe_parses_and_the_command_line_overrides_it():
             [recipe, "--model_name_or_path", "x", "--data_path", "d.json", "--output_dir", "o", "--learning_rate", "0.5"]
         )
         assert name == recipe and args.learning_rate == 0.5 and data_args.data_path == ["d.json"]
+        assert model_args.tune_llm == {"pretrain": "frozen", "finetune": "full", "share": "full",
+                                       "finetune_lora": "lora", "finetune_qlora": "qlora"}[recipe]  # fmt: skip
         assert args.num_train_epochs == 1 and args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.03
     assert parse_args(["pretrain", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o"])[2].learning_rate == 1e-3
 

@@ -3,11 +3,11 @@ weights as an uninterrupted run with the same seed."""
 
 import torch
 from safetensors.torch import load_file
+from training_helpers import train_argv, write_llava_dataset
 from transformers import TrainerCallback
 
 from training.cli import parse_args
 from training.train import train
-from training_helpers import train_argv, write_llava_dataset
 
 
 class StopAtStep(TrainerCallback):

@@ -86,7 +86,7 @@ def read_llava_file(path: str) -> list[dict]:
         else:
             records = json.load(file)
     if not isinstance(records, list):
-        raise ValueError(f"{path}: a LLaVA JSON file must hold a list of samples, got {type(records).__name__}.")
+        raise TypeError(f"{path}: a LLaVA JSON file must hold a list of samples, got {type(records).__name__}.")
     return [llava_record_to_sample(record, index, path) for index, record in enumerate(records)]
 
 
