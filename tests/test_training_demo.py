@@ -84,7 +84,7 @@ def test_demo_data_is_valid_llava_json_with_balanced_held_out_questions(tmp_path
 def test_demo_tokenizer_round_trips_the_template_and_keeps_answers_short(tmp_path):
     llm_dir, _ = build_components(tmp_path, ModelSize(vision_layers=1, text_hidden=32, text_layers=1))
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    text = "USER: <image>\nHow many shapes are there? Answer with a word or two. ASSISTANT: three</s>"
+    text = "USER: <image>\nHow many shapes are there? ASSISTANT: three</s>"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     for answer in [*COLORS, "circle", "square", "triangle", "one", "four"]:
         assert len(tokenizer(" " + answer)["input_ids"]) == 1, answer

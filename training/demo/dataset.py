@@ -38,11 +38,11 @@ def _pretrain_sample(index: int, image: str, scene) -> dict:
 
 
 def _finetune_sample(index: int, image: str, scene, rng: random.Random) -> dict:
-    """A 2- to 4-turn conversation about one image; the image marker sits in the first question only."""
+    """A 2- or 3-turn conversation about one image; the image marker sits in the first question only."""
     kinds = list(question_types_for(scene))
     rng.shuffle(kinds)
     conversation = []
-    for turn, kind in enumerate(kinds[: rng.randint(2, len(kinds))]):
+    for turn, kind in enumerate(kinds[: rng.randint(2, 3)]):
         question = ask(kind, rng)
         conversation.append({"from": "human", "value": f"<image>\n{question}" if turn == 0 else question})
         conversation.append({"from": "gpt", "value": scene.answer(kind)})

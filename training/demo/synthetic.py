@@ -30,7 +30,6 @@ QUESTIONS = {
     "position": ("Where is the shape?", "In which corner is the shape?"),
 }
 QUESTION_TYPES = tuple(QUESTIONS)
-ANSWER_SUFFIX = " Answer with a word or two."
 CAPTION_PROMPT = "Describe the image briefly."
 
 
@@ -108,13 +107,13 @@ def question_types_for(scene: Scene) -> tuple[str, ...]:
 
 
 def ask(question_type: str, rng: random.Random) -> str:
-    """One phrasing of a question of `question_type`, with the short-answer instruction."""
-    return rng.choice(QUESTIONS[question_type]) + ANSWER_SUFFIX
+    """One phrasing of a question of `question_type`."""
+    return rng.choice(QUESTIONS[question_type])
 
 
 def vocabulary_corpus() -> list[str]:
     """Every word the synthetic data can contain, as sentences to train a tokenizer on."""
     words = [*COLORS, *SHAPES, *(shape + "s" for shape in SHAPES), *QUADRANTS, *NUMBER_WORDS, "at the"]
-    questions = [question + ANSWER_SUFFIX for phrasings in QUESTIONS.values() for question in phrasings]
+    questions = [question for phrasings in QUESTIONS.values() for question in phrasings]
     # Answers follow "ASSISTANT:" after a space, captions start a line: each word is needed in both forms.
     return [" ".join(words), " " + " ".join(words), CAPTION_PROMPT, *questions]
