@@ -86,12 +86,18 @@ def environment() -> dict:
     return info
 
 
+def command_line() -> list[str]:
+    """`sys.argv` as typed: `-m benchmarks.<name> ...` when run as a module."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return (["-m", spec.name] if spec is not None else [sys.argv[0]]) + sys.argv[1:]
+
+
 def write_results(name: str, payload: dict) -> Path:
     """Writes `payload` (plus the command line, environment and load) to `benchmarks/results/<name>.json`."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     record = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": " ".join(["python", *command_line()]),
         "environment": environment(),
         "load_at_end": machine_load(),
         **payload,
