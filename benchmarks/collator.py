@@ -52,7 +52,6 @@ def step_seconds(mode: str, paths: dict, workdir: Path, make_checkpoint) -> tupl
 
 def main(argv=None):
     set_threads()
-    from transformers import LlavaProcessor
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from modeling_tinyllava import CHAT_TEMPLATES
@@ -61,7 +60,15 @@ def main(argv=None):
     from training.data import load_training_dataset
 
     from .data import trl_messages_records, write_llava_dataset
-    from .models import IMAGE_SIZE, build_llava_processor, build_model, build_processor, build_tokenizer, config_70m, save_checkpoint
+    from .models import (
+        IMAGE_SIZE,
+        build_llava_processor,
+        build_model,
+        build_processor,
+        build_tokenizer,
+        config_70m,
+        save_checkpoint,
+    )
 
     num_samples = (NUM_BATCHES + 1) * BATCH_SIZE
     rows = []

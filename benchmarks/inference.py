@@ -32,7 +32,15 @@ from .measure import (
     set_threads,
     write_results,
 )
-from .models import IMAGE_SIZE, build_model, build_processor, build_tokenizer, config_70m, count_parameters, export_to_llava
+from .models import (
+    IMAGE_SIZE,
+    build_model,
+    build_processor,
+    build_tokenizer,
+    config_70m,
+    count_parameters,
+    export_to_llava,
+)
 
 NEW_TOKENS = 64
 

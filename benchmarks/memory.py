@@ -26,7 +26,15 @@ NUM_SAMPLES = 8
 
 def prepare(workdir: Path) -> dict:
     from .data import write_llava_dataset
-    from .models import IMAGE_SIZE, build_model, build_processor, build_tokenizer, config_05b, count_parameters, save_checkpoint
+    from .models import (
+        IMAGE_SIZE,
+        build_model,
+        build_processor,
+        build_tokenizer,
+        config_05b,
+        count_parameters,
+        save_checkpoint,
+    )
 
     tokenizer = build_tokenizer("qwen2")
     model = build_model(config_05b(tokenizer))

@@ -12,9 +12,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -25,10 +25,10 @@ from transformers import (  # noqa: E402
     SiglipVisionConfig,
 )
 
-from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaProcessor  # noqa: E402
-from modeling_tinyllava.processing_tinyllava import add_image_token  # noqa: E402
+from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from modeling_tinyllava.processing_tinyllava import add_image_token
 
-from .data import CORPUS  # noqa: E402
+from .data import CORPUS
 
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
