@@ -6,7 +6,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedConfig, ProcessorMixin
-from transformers.image_utils import make_flat_list_of_images
 from transformers.tokenization_utils_base import AddedToken
 
 from .configuration_tinyllava import TinyLlavaConfig
@@ -170,6 +169,13 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     return canvas
 
 
+def flatten_images(images) -> list:
+    """The images of a batch in order, from one image, a list, or a list of per-sample lists (paths allowed)."""
+    if not isinstance(images, (list, tuple)):
+        return [images]
+    return [image for item in images for image in flatten_images(item)]
+
+
 def load_image(image) -> Image.Image:
     """Opens a path (or passes a PIL image through) and converts it to RGB as the original does."""
     if isinstance(image, (str, os.PathLike)):
@@ -237,7 +243,7 @@ class TinyLlavaProcessor(ProcessorMixin):
         return outputs
 
     def _process_images(self, images, **kwargs):
-        images = [load_image(image) for image in make_flat_list_of_images(images)]
+        images = [load_image(image) for image in flatten_images(images)]
         if self.image_aspect_ratio == "pad":
             background = tuple(int(mean * 255) for mean in self.image_processor.image_mean)
             images = [expand_to_square(image, background) for image in images]
@@ -246,7 +252,7 @@ class TinyLlavaProcessor(ProcessorMixin):
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         # Open file paths here so that an undecodable file is reported by name.
         if images is not None:
-            images = [load_image(image) for image in make_flat_list_of_images(images)]
+            images = [load_image(image) for image in flatten_images(images)]
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     @classmethod

@@ -172,3 +172,15 @@ def test_numpy_images_are_accepted(tiny_model_and_processor):
     out = processor(images=[array], text=["<image>hi"], return_tensors="pt")
     reference = processor(images=[make_image()], text=["<image>hi"], return_tensors="pt")
     assert torch.equal(out["pixel_values"], reference["pixel_values"])
+
+
+def test_image_paths_in_chat_messages_and_nested_lists(tiny_model_and_processor, tmp_path):
+    processor = tiny_model_and_processor[1]
+    path = tmp_path / "image.png"
+    make_image().save(path)
+    messages = [{"role": "user", "content": [{"type": "image", "path": str(path)}, {"type": "text", "text": "Hi?"}]}]
+    from_path = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    from_pil = processor.apply_chat_template(chat("Hi?", image=make_image()), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    assert torch.equal(from_path["pixel_values"], from_pil["pixel_values"])
+    nested = processor(images=[[str(path)], [str(path)]], text=["<image>a", "<image>b"], padding=True, return_tensors="pt")
+    assert nested["pixel_values"].shape[0] == 2

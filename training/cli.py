@@ -11,6 +11,7 @@ Flags are the fields of `training.arguments.ModelArguments` / `DataArguments` an
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def parse_args(argv: list[str]):
         # The recipes ask for bf16 mixed precision, which TrainingArguments refuses without a GPU that has it.
         logging.getLogger(__name__).info("No bf16-capable GPU: training in float32 (--bf16 true to override).")
         argv = [*argv, "--bf16", "false"]
+    if _launched_on_several_cpu_processes() and not any(arg.startswith("--use_cpu") for arg in argv):
+        # Without use_cpu, TrainingArguments sets up no process group on CPU, and each process trains alone.
+        argv = [*argv, "--use_cpu", "true"]
     parser = TrlParser((ModelArguments, DataArguments, SFTConfig), prog="tinyllava-train")
     *parsed, unknown_in_recipe, unknown_flags = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
@@ -59,6 +63,12 @@ def parse_args(argv: list[str]):
         raise ValueError(f"Unknown argument(s): {' '.join(unknown_flags)}. See `tinyllava-train --help`.")
     model_args, data_args, sft_config = parsed
     return model_args, data_args, sft_config, recipe.stem if recipe else None
+
+
+def _launched_on_several_cpu_processes() -> bool:
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def run(argv: list[str]) -> Path:
