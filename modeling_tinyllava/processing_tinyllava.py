@@ -129,6 +129,8 @@ def load_component_configs(llm: str, vision_tower: str) -> tuple[PreTrainedConfi
     """Text and vision configs of pretrained components; a dual CLIP/SigLIP config is reduced to its vision part."""
     vision_config = AutoConfig.from_pretrained(vision_tower)
     vision_config = getattr(vision_config, "vision_config", None) or vision_config
+    if getattr(vision_config, "vision_use_head", False):
+        vision_config.vision_use_head = False  # SigLIP's pooling head: TinyLLaVA never uses it, so don't compute it
     return AutoConfig.from_pretrained(llm), vision_config
 
 

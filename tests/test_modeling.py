@@ -51,6 +51,7 @@ def test_pretrained_components_keep_their_weights(components_dir):
     layer = model.model.language_model.layers[0].self_attn.q_proj.weight
     assert torch.equal(layer, llm.model.layers[0].self_attn.q_proj.weight)
     assert torch.equal(model.model.vision_tower.embeddings.patch_embedding.weight, vision.embeddings.patch_embedding.weight)
+    assert not hasattr(model.model.vision_tower, "head"), "SigLIP's unused pooling head should not be built"
     # The tokenizer gained <image>, so the embeddings grew by one row and kept the old ones.
     old = llm.get_input_embeddings().weight
     assert torch.equal(model.get_input_embeddings().weight[: len(old)], old)
