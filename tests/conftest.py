@@ -9,7 +9,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     BitImageProcessorPil,
@@ -21,7 +20,6 @@ from transformers import (  # noqa: E402
     GemmaConfig,
     LlamaConfig,
     PhiConfig,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
@@ -30,6 +28,7 @@ from transformers import (  # noqa: E402
 )
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor  # noqa: E402
+from training.demo.components import build_tokenizer as build_bpe_tokenizer  # noqa: E402
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "<pad>"]
 CORPUS = [
@@ -83,18 +82,9 @@ VISION_TOWERS = {
 }
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer():
     """A byte-level BPE tokenizer trained on a few sentences, with the end-of-turn tokens of every template."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=256
-    )
+    return build_bpe_tokenizer(CORPUS, special_tokens=SPECIAL_TOKENS, vocab_size=400, model_max_length=256)
 
 
 @pytest.fixture(scope="session")

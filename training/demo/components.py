@@ -39,7 +39,9 @@ class ModelSize:
     text_layers: int = 2
 
 
-def build_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
+def build_tokenizer(
+    corpus: list[str], special_tokens: list[str] = SPECIAL_TOKENS, vocab_size: int = 1000, model_max_length: int = 512
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on `corpus` until (nearly) every word is one token.
 
     Byte-level BPE decodes back to the exact text, spaces included, which a word-level vocabulary would not.
@@ -49,11 +51,11 @@ def build_tokenizer(corpus: list[str]) -> PreTrainedTokenizerFast:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1000, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=512
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=model_max_length
     )
 
 
