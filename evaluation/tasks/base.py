@@ -43,9 +43,9 @@ class Task(ABC):
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Adds the task's own arguments (question, annotation and image files) to its subcommand."""
 
-    @abstractmethod
     def load_questions(self, args: argparse.Namespace) -> list[Question]:
-        """Reads the question file into [`Question`]s, in file order."""
+        """Reads the question file into [`Question`]s, in file order (by default a LLaVA-1.5 question JSONL)."""
+        return read_llava_questions(args.question_file)
 
     @abstractmethod
     def score(self, args: argparse.Namespace, questions: list[Question], answers: dict[tuple, str]) -> TaskResult:

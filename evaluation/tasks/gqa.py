@@ -6,7 +6,7 @@ from ..errors import EvaluationError
 from ..files import read_json, require
 from ..metrics.gqa import gqa_accuracy, gqa_prediction
 from ..question import Question
-from .base import Task, TaskResult, percent, read_llava_questions
+from .base import Task, TaskResult, percent
 
 
 class GQA(Task):
@@ -24,9 +24,6 @@ class GQA(Task):
         parser.add_argument("--annotation-file", required=True, help="Official testdev_balanced_questions.json "
                             "({question_id: {answer, types}}).")  # fmt: skip
         parser.add_argument("--image-folder", required=True, help="GQA images.")
-
-    def load_questions(self, args: argparse.Namespace) -> list[Question]:
-        return read_llava_questions(args.question_file)
 
     def score(self, args: argparse.Namespace, questions: list[Question], answers: dict[tuple, str]) -> TaskResult:
         annotations = read_json(args.annotation_file)

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import EvaluationError
 from ..metrics.mme import MME_CATEGORIES, mme_scores, parse_mme_answer
 from ..question import Question
-from .base import Task, TaskResult, percent, read_llava_questions
+from .base import Task, TaskResult, percent
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +30,6 @@ class MME(Task):
         parser.add_argument("--image-folder", required=True, help="MME_Benchmark_release_version.")
         parser.add_argument("--annotation-dir", help="Where the per-image '<question>\\t<answer>' .txt files are "
                             "(default: the image folder, as MME ships them).")  # fmt: skip
-
-    def load_questions(self, args: argparse.Namespace) -> list[Question]:
-        return read_llava_questions(args.question_file)
 
     def score(self, args: argparse.Namespace, questions: list[Question], answers: dict[tuple, str]) -> TaskResult:
         ground_truth = _GroundTruth(Path(args.annotation_dir or args.image_folder))

@@ -6,7 +6,7 @@ from ..errors import EvaluationError
 from ..files import read_json, read_jsonl, require
 from ..metrics.vqa import normalize_vqa_answer, vqa_accuracy
 from ..question import Question
-from .base import Task, TaskResult, percent, read_llava_questions
+from .base import Task, TaskResult, percent
 
 _QUESTION_HELP = "LLaVA question file (question_id, image, text per line)."
 
@@ -58,9 +58,6 @@ class TextVQA(Task):
                             "image_id, question, answers}]}).")  # fmt: skip
         parser.add_argument("--image-folder", required=True, help="TextVQA train_images.")
 
-    def load_questions(self, args: argparse.Namespace) -> list[Question]:
-        return read_llava_questions(args.question_file)
-
     def score(self, args: argparse.Namespace, questions: list[Question], answers: dict[tuple, str]) -> TaskResult:
         data = read_json(args.annotation_file)
         if not isinstance(data, dict) or not isinstance(data.get("data"), list):
@@ -105,9 +102,6 @@ class VQAv2(Task):
                             "answers: [{answer}]}]}), for local scoring of a val split.")  # fmt: skip
         parser.add_argument("--submission-question-file", help="The full llava_vqav2_mscoco_test2015.jsonl: its "
                             "questions missing from the answers get '' in the submission, as EvalAI requires.")  # fmt: skip
-
-    def load_questions(self, args: argparse.Namespace) -> list[Question]:
-        return read_llava_questions(args.question_file)
 
     def score(self, args: argparse.Namespace, questions: list[Question], answers: dict[tuple, str]) -> TaskResult:
         submission = {q.question_id: normalize_vqa_answer(answers[q.key]) for q in questions}
