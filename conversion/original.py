@@ -3,7 +3,8 @@
 The weights are streamed: source tensors are read one at a time, renamed by a `KeyMap`, cast and written into
 safetensors shards, so memory stays around one tensor however large the checkpoint. Before anything is written the
 renamed keys and shapes are checked against the target model (built on the meta device, so it costs no memory);
-afterwards the written directory is loaded strictly and its logits are compared with a replay of the original forward.
+afterwards the written directory is loaded strictly, its weights left on disk and read module by module
+(`strict_load`), and its logits are compared with a replay of the original forward.
 """
 
 import logging
@@ -29,6 +30,7 @@ from .original_config import (
 from .output import finish_output, prepare_output_dir
 from .parity import check_original_parity
 from .processor import build_processor, load_image_processor, load_tokenizer
+from .strict_load import load_strict
 from .tensor_io import (
     DTYPES,
     OutputTensor,
@@ -226,16 +228,16 @@ def convert_original(
 
     diff = None
     if verify:
-        model = load_strict(dst)
-        diff = check_original_parity(
-            model,
-            TinyLlavaProcessor.from_pretrained(dst),
-            vision_feature_layer=original.vision_feature_layer,
-            select_strategy=original.original_select_strategy,
-            image_aspect_ratio=original.image_aspect_ratio,
-            scale_embeddings=original.scales_image_features,
-            original_vocab_size=original_vocab_size,
-        )
+        with load_strict(dst) as model:
+            diff = check_original_parity(
+                model,
+                TinyLlavaProcessor.from_pretrained(dst),
+                vision_feature_layer=original.vision_feature_layer,
+                select_strategy=original.original_select_strategy,
+                image_aspect_ratio=original.image_aspect_ratio,
+                scale_embeddings=original.scales_image_features,
+                original_vocab_size=original_vocab_size,
+            )
         if diff > atol:
             raise ConversionError(
                 f"{dst}: logits differ from the original forward by {diff:.3g} (> {atol:g}); the output is not faithful."
@@ -262,14 +264,3 @@ def _save_model_files(dst: Path, config: TinyLlavaConfig, tokenizer) -> None:
     generation_config = GenerationConfig.from_model_config(config.text_config)
     generation_config.pad_token_id = tokenizer.pad_token_id
     generation_config.save_pretrained(dst)
-
-
-def load_strict(directory: Path, dtype: torch.dtype = torch.float32) -> TinyLlavaForConditionalGeneration:
-    """Loads a converted directory and fails on any missing, unexpected or mismatched key."""
-    model, info = TinyLlavaForConditionalGeneration.from_pretrained(
-        directory, dtype=dtype, output_loading_info=True
-    )
-    problems = {kind: keys for kind, keys in info.items() if keys and kind != "error_msgs"}
-    if problems:
-        raise ConversionError(f"{directory} does not load strictly: {problems}")
-    return model.eval()
