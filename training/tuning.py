@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .arguments import ModelArguments
+from .lora_dropout import fuse_lora_dropout
 
 MODULES = ("llm", "vision_tower", "connector")
 # A name belongs to a module when one of these occurs as a dotted component; lm_head is tuned with the LLM.
@@ -94,6 +95,7 @@ def apply_lora(model: nn.Module, model_args: ModelArguments) -> nn.Module:
         )
     if not any("lora_" in name for name, _ in peft_model.named_parameters()):
         raise ValueError(f"--lora_target_modules {model_args.lora_target_modules!r} matches no LLM layer.")
+    fuse_lora_dropout(peft_model)
     return peft_model
 
 
