@@ -12,10 +12,13 @@ Three implementations run the same 70M weights on the same inputs:
 
 Prefill is one forward over the prompt computing the last position's logits only, as `generate` does. Generation is
 greedy with exactly 64 new tokens on left-padded prompts. Every measurement interleaves the implementations call by
-call and is taken twice in one run (rounds 1 and 2), so each ratio appears twice.
+call (15 / 7 prefill calls at batch 1 / 8, 7 / 5 generations) and is taken twice in one run (rounds 1 and 2), so each
+ratio appears twice. A ratio is the median over repetitions of the two implementations' times in the same
+repetition, which cancels drifts in machine speed that a ratio of two medians would keep.
 """
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -26,7 +29,8 @@ from .data import make_conversation, make_image
 from .measure import (
     NUM_THREADS,
     format_table,
-    interleaved_medians,
+    interleaved_times,
+    paired_ratio,
     machine_load,
     matmul_ceiling_gflops,
     set_threads,
@@ -43,6 +47,7 @@ from .models import (
 )
 
 NEW_TOKENS = 64
+RATIOS = (("tinyllava", "llava"), ("tinyllava", "bare"), ("llava", "bare"))
 
 
 def make_inputs(processor, batch_size: int) -> dict:
@@ -151,10 +156,12 @@ def run(repeats: dict, rounds: int, new_tokens: int, threads: int) -> dict:
             for batch, batch_inputs in inputs.items():
                 for kind in ("prefill", "generate"):
                     functions = {name: (lambda f=impl[kind], x=batch_inputs: f(x)) for name, impl in implementations.items()}
-                    medians = interleaved_medians(functions, repeats[kind][batch])
+                    times = interleaved_times(functions, repeats[kind][batch])
                     timings.append({"round": round_index, "kind": kind, "batch": batch,
-                                    "prompt_len": batch_inputs["input_ids"].shape[1], "seconds": medians,
-                                    "load": machine_load()})
+                                    "prompt_len": batch_inputs["input_ids"].shape[1],
+                                    "seconds": {name: statistics.median(values) for name, values in times.items()},
+                                    "ratios": {f"{a}/{b}": paired_ratio(times, a, b) for a, b in RATIOS},
+                                    "times": times, "load": machine_load()})
     return {"info": info, "matmul_ceiling_gflops": ceiling, "checks": checks, "timings": timings}
 
 
@@ -166,9 +173,9 @@ def summarize(result: dict) -> list[dict]:
         row = {"round": timing["round"], "measure": timing["kind"], "batch": batch, "load_1m": timing["load"]["loadavg_1m"]}
         for name, value in seconds.items():
             row[name] = value * 1000 if timing["kind"] == "prefill" else batch * result["info"]["new_tokens"] / value
-        row["ours/llava"] = seconds["tinyllava"] / seconds["llava"]
-        row["ours/bare"] = seconds["tinyllava"] / seconds["bare"]
-        row["llava/bare"] = seconds["llava"] / seconds["bare"]
+        ratios = timing["ratios"]
+        row["ours/llava"], row["ours/bare"] = ratios["tinyllava/llava"], ratios["tinyllava/bare"]
+        row["llava/bare"] = ratios["llava/bare"]
         row["target met"] = row["ours/llava"] <= 1.03 and (timing["kind"] != "prefill" or row["ours/bare"] <= 1.05)
         rows.append(row)
     return rows
@@ -182,7 +189,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=NUM_THREADS, help="torch intra-op threads")
     args = parser.parse_args(argv)
     repeats = ({"prefill": {1: 3, 8: 1}, "generate": {1: 1, 8: 1}} if args.quick
-               else {"prefill": {1: 5, 8: 3}, "generate": {1: 3, 8: 2}})
+               else {"prefill": {1: 15, 8: 7}, "generate": {1: 7, 8: 5}})
     result = run(repeats, args.rounds, args.new_tokens, args.threads)
     rows = summarize(result)
     result["summary"] = rows

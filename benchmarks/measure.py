@@ -47,6 +47,28 @@ def current_rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def glibc_heap_mb() -> dict[str, float] | None:
+    """glibc's view of the heap (all arenas): bytes in use and bytes free but still held by the process, in MB.
+
+    The free part is memory the allocator keeps after tensors are freed (fragmentation, and the trim threshold that
+    `training.malloc_tuning` raises); it counts in RSS without holding any tensor. None where libc is not glibc.
+    """
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return None
+    info = libc.mallinfo2()
+    return {"in_use_mb": (info.uordblks + info.hblkhd) / 2**20, "free_held_mb": info.fordblks / 2**20}
+
+
 def matmul_ceiling_gflops(size: int = 2048, repeats: int = 5) -> float:
     """The fp32 matmul rate this process reaches with its torch threads: best of `repeats` square matmuls, GFLOP/s.
 
@@ -121,9 +143,10 @@ def format_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median wall time of each function, calling them in turn (a, b, c, a, b, c, ...) so that load drift on a shared
-    machine hits every implementation alike. The starting implementation rotates each repetition."""
+def interleaved_times(functions: dict, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Wall times of each function, calling them in turn (a, b, c, a, b, c, ...) so that load drift on a shared
+    machine hits every implementation alike. The starting implementation rotates each repetition; the i-th time of
+    every function comes from the same repetition, so ratios can be taken pairwise."""
     names = list(functions)
     for _ in range(warmup):
         for name in names:
@@ -134,4 +157,10 @@ def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[
             start = time.perf_counter()
             functions[name]()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over repetitions of `numerator`'s time / `denominator`'s time in the same repetition: slower drifts
+    in machine speed cancel within a repetition, which the ratio of two medians does not do."""
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator], strict=True))

@@ -66,6 +66,7 @@ def main(argv=None):
             rows.append({"variant": name, "peak_RSS_MB": run["peak_rss_mb"],
                          "RSS_before_training_MB": run["rss_before_training_mb"],
                          "trainable_M": run["trainable_parameters"] / 1e6, "step_s": run["median_step_seconds"],
+                         "heap_free_held_MB": (run["glibc_heap_at_end"] or {}).get("free_held_mb"),
                          "load_1m": run["load_at_start"]["loadavg_1m"], "run": run})
     full = rows[0]["peak_RSS_MB"]
     for row in rows:
@@ -75,8 +76,8 @@ def main(argv=None):
     path = write_results("memory", {"parameters": parameters, "batch_size": 1, "steps": STEPS, "variants": rows,
                                     "target": target})
     print(f"~0.5B TinyLLaVA ({parameters / 1e6:.0f}M params), batch 1, fp32, {STEPS} steps")
-    print(format_table(rows, ["variant", "peak_RSS_MB", "vs full", "RSS_before_training_MB", "trainable_M", "step_s",
-                              "load_1m"]))
+    print(format_table(rows, ["variant", "peak_RSS_MB", "vs full", "RSS_before_training_MB", "heap_free_held_MB",
+                              "trainable_M", "step_s", "load_1m"]))
     print(format_table([target], ["target", "value", "met"]))
     print(f"wrote {path}")
 

@@ -41,6 +41,7 @@ from .measure import (
     RESULTS_DIR,
     current_rss_mb,
     format_table,
+    glibc_heap_mb,
     machine_load,
     matmul_ceiling_gflops,
     peak_rss_mb,
@@ -92,6 +93,7 @@ class StepRecorder:
         self.flops = None
         self.rss_before_training_mb = None
         self.peak_rss_training_mb = None
+        self.heap_at_end = None
         self._start = None
         self._counter = None
 
@@ -113,6 +115,7 @@ class StepRecorder:
 
     def finish(self) -> None:
         self.peak_rss_training_mb = peak_rss_mb()
+        self.heap_at_end = glibc_heap_mb()
 
     def result(self) -> dict:
         steady = self.step_seconds[WARMUP_STEPS:]
@@ -122,6 +125,7 @@ class StepRecorder:
             "flops_per_step": self.flops,
             "rss_before_training_mb": self.rss_before_training_mb,
             "peak_rss_mb": self.peak_rss_training_mb,
+            "glibc_heap_at_end": self.heap_at_end,
         }
 
 
@@ -166,7 +170,7 @@ def run_tinyllava_train(spec: dict, output_dir: str, info: dict) -> StepRecorder
 
     paths = spec["paths"]
     flags = {**common_trainer_flags(spec, output_dir), "model_name_or_path": paths["checkpoint"],
-             "data_path": paths["data_path"], "image_folder": paths["image_folder"]}
+             "data_path": paths["data_path"], "image_folder": paths["image_folder"], **spec.get("overrides", {})}
     argv = [MODES[spec["mode"]]] + [item for key, value in flags.items() for item in (f"--{key}", str(value))]
     info["command"] = "tinyllava-train " + " ".join(argv)
     recorder = StepRecorder(spec["steps"], spec["count_flops"])
