@@ -4,7 +4,7 @@ The checkpoint is a Llama-style LLM (about 270M fp32 parameters) with a small Si
 connector, in the TinyLLaVA Factory layout, with random weights written tensor by tensor. Each conversion runs in
 its own process; its peak RSS is read from `getrusage(RUSAGE_CHILDREN)`.
 
-    python benchmarks/conversion_memory.py [--output conversion_memory.json] [--workdir DIR]
+    python benchmarks/conversion_memory.py [--output conversion_memory.json] [--workdir DIR] [--rounds 2]
 """
 
 import argparse
@@ -81,26 +81,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="conversion_memory.json", help="where to write the results JSON")
     parser.add_argument("--workdir", help="directory for the synthetic checkpoint (default: a temporary one)")
+    parser.add_argument("--rounds", type=int, default=2, help="how many times each run is measured")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         work = Path(work)
         size = write_synthetic_checkpoint(work / "src", shard_size=600 * 10**6)
         convert = [sys.executable, "-m", "conversion", "factory", str(work / "src")]
         runs = {
-            "python + imports only": [sys.executable, "-c", "import conversion.cli"],
-            "convert (fp32, --no-verify)": [*convert, str(work / "a"), "--no-verify"],
-            "convert (bf16, --no-verify)": [*convert, str(work / "b"), "--no-verify", "--dtype", "bfloat16"],
-            "convert (fp32, with verification)": [*convert, str(work / "c")],
+            "python + imports only": lambda out: [sys.executable, "-c", "import conversion.cli"],
+            "convert (fp32, --no-verify)": lambda out: [*convert, out, "--no-verify"],
+            "convert (bf16, --no-verify)": lambda out: [*convert, out, "--no-verify", "--dtype", "bfloat16"],
+            "convert (fp32, with verification)": lambda out: [*convert, out],
+            "convert (bf16, with verification)": lambda out: [*convert, out, "--dtype", "bfloat16"],
         }
         rows = []
-        for name, command in runs.items():
-            rss, seconds = peak_rss_of(command)
-            rows.append({"run": name, "peak_rss_bytes": rss, "ratio_to_checkpoint": rss / size, "seconds": seconds})
+        for round_index in range(1, args.rounds + 1):
+            for index, (name, command) in enumerate(runs.items()):
+                rss, seconds = peak_rss_of(command(str(work / f"out-{round_index}-{index}")))
+                rows.append({"round": round_index, "run": name, "peak_rss_bytes": rss, "ratio_to_checkpoint": rss / size,
+                             "seconds": seconds})
     print(f"synthetic checkpoint: {size / 1e9:.3f} GB (fp32, 2 shards); target peak RSS <= {TARGET_RATIO}x")
-    print(f"{'run':<36} {'peak RSS (GB)':>14} {'x checkpoint':>13} {'seconds':>8}")
+    print(f"{'round':>5} {'run':<36} {'peak RSS (GB)':>14} {'x checkpoint':>13} {'seconds':>8}")
     for row in rows:
-        print(f"{row['run']:<36} {row['peak_rss_bytes'] / 1e9:>14.3f} {row['ratio_to_checkpoint']:>13.2f} "
-              f"{row['seconds']:>8.1f}")
+        print(f"{row['round']:>5} {row['run']:<36} {row['peak_rss_bytes'] / 1e9:>14.3f} "
+              f"{row['ratio_to_checkpoint']:>13.2f} {row['seconds']:>8.1f}")
     result = {"checkpoint_bytes": size, "target_ratio": TARGET_RATIO, "runs": rows}
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")

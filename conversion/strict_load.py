@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from modeling_tinyllava import TinyLlavaForConditionalGeneration
+from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration
 
 from .errors import ConversionError
 
@@ -46,16 +46,11 @@ def offload_device_map(model: PreTrainedModel) -> dict[str, str]:
 
 
 @contextmanager
-def load_strict(
-    directory: Path,
-    model_class: type[PreTrainedModel] = TinyLlavaForConditionalGeneration,
-    dtype: torch.dtype = torch.float32,
-) -> Iterator[PreTrainedModel]:
+def load_strict(directory: Path, dtype: torch.dtype = torch.float32) -> Iterator[TinyLlavaForConditionalGeneration]:
     """Loads `directory` with its weights offloaded to its own safetensors files; fails on any key mismatch.
 
     Args:
-        directory: a saved checkpoint (safetensors).
-        model_class: the class to load it as.
+        directory: a saved TinyLLaVA-HF checkpoint (safetensors).
         dtype: the dtype each module's weights are cast to when read.
 
     Yields:
@@ -64,11 +59,11 @@ def load_strict(
     Raises:
         ConversionError: naming the missing, unexpected or mismatched keys.
     """
-    config = model_class.config_class.from_pretrained(directory)
+    config = TinyLlavaConfig.from_pretrained(directory)
     with torch.device("meta"):
-        device_map = offload_device_map(model_class(config))
+        device_map = offload_device_map(TinyLlavaForConditionalGeneration(config))
     with tempfile.TemporaryDirectory(prefix="tinyllava-offload-") as offload_folder:
-        model, info = model_class.from_pretrained(
+        model, info = TinyLlavaForConditionalGeneration.from_pretrained(
             directory, dtype=dtype, device_map=device_map, offload_folder=offload_folder, output_loading_info=True
         )
         problems = {kind: sorted(keys) for kind, keys in info.items() if keys and kind != "error_msgs"}
