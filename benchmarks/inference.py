@@ -30,9 +30,9 @@ from .measure import (
     NUM_THREADS,
     format_table,
     interleaved_times,
-    paired_ratio,
     machine_load,
     matmul_ceiling_gflops,
+    paired_ratio,
     set_threads,
     write_results,
 )

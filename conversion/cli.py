@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("src", help="source checkpoint directory")
         sub.add_argument("dst", help="output directory (created; must be empty)")
         sub.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=dtype_help)
+        sub.add_argument("--source-repo", help="Hub repo id SRC was downloaded from (e.g. "
+                         "tinyllava/TinyLLaVA-Phi-2-SigLIP-3.1B): recorded in conversion.json so that the model "
+                         "card's base_model links to it")
 
     for name, help_text in (
         ("factory", "a TinyLLaVA Factory checkpoint (full save or the split pretrain layout)"),
@@ -55,11 +58,11 @@ def run(args: argparse.Namespace):
         return convert_original(
             args.command, args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size,
             tokenizer_dir=args.tokenizer, vision_config=getattr(args, "vision_config", None),
-            chat_template=args.chat_template, verify=not args.no_verify, atol=args.atol,
+            chat_template=args.chat_template, verify=not args.no_verify, atol=args.atol, source_repo=args.source_repo,
         )
     if args.command == "to-llava":
-        return to_llava(args.src, args.dst, allow_lossy=args.allow_lossy, dtype=args.dtype)
-    return from_llava(args.src, args.dst, dtype=args.dtype)
+        return to_llava(args.src, args.dst, allow_lossy=args.allow_lossy, dtype=args.dtype, source_repo=args.source_repo)
+    return from_llava(args.src, args.dst, dtype=args.dtype, source_repo=args.source_repo)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from modeling_tinyllava.processing_tinyllava import processed_image_size
 from .errors import ConversionError
 from .keymap import FROM_LLAVA, TO_LLAVA, KeyMap, check_against_model, plan_keys
 from .original import ConversionResult
-from .output import finish_output, prepare_output_dir
+from .output import check_source_repo, finish_output, prepare_output_dir
 from .parity import PROBE_QUESTION, probe_image
 from .strict_load import load_strict
 from .tensor_io import DTYPES
@@ -101,7 +101,9 @@ def _logit_diff(model_a, processor_a, model_b, processor_b) -> float:
     return (a - b).abs().max().item()
 
 
-def to_llava(src: str | Path, dst: str | Path, allow_lossy: bool = False, dtype: str = "auto") -> ConversionResult:
+def to_llava(
+    src: str | Path, dst: str | Path, allow_lossy: bool = False, dtype: str = "auto", source_repo: str | None = None
+) -> ConversionResult:
     """Converts a TinyLLaVA-HF directory into `LlavaForConditionalGeneration` + `LlavaProcessor` (no remote code).
 
     Raises:
@@ -109,6 +111,7 @@ def to_llava(src: str | Path, dst: str | Path, allow_lossy: bool = False, dtype:
             (each reason listed) without `allow_lossy`.
     """
     src, dst = Path(src), Path(dst)
+    check_source_repo(source_repo)
     model = TinyLlavaForConditionalGeneration.from_pretrained(src, dtype=_dtype(dtype)).eval()
     processor = TinyLlavaProcessor.from_pretrained(src)
     config = model.config
@@ -167,13 +170,16 @@ def to_llava(src: str | Path, dst: str | Path, allow_lossy: bool = False, dtype:
     llava.save_pretrained(dst)
     llava_processor.save_pretrained(dst)
     result = ConversionResult(dst, diff, lossy=bool(reasons), notes=reasons)
-    finish_output(dst, source=str(src), fmt="llava", result=result)
+    finish_output(dst, source=src, fmt="llava", result=result, source_repo=source_repo)
     return result
 
 
-def from_llava(src: str | Path, dst: str | Path, dtype: str = "auto") -> ConversionResult:
+def from_llava(
+    src: str | Path, dst: str | Path, dtype: str = "auto", source_repo: str | None = None
+) -> ConversionResult:
     """Converts a transformers `LlavaForConditionalGeneration` directory into TinyLLaVA-HF; always exact."""
     src, dst = Path(src), Path(dst)
+    check_source_repo(source_repo)
     llava = LlavaForConditionalGeneration.from_pretrained(src, dtype=_dtype(dtype)).eval()
     llava_processor = LlavaProcessor.from_pretrained(src)
     llava_config = llava.config
@@ -222,5 +228,5 @@ def from_llava(src: str | Path, dst: str | Path, dtype: str = "auto") -> Convers
     with load_strict(dst):  # only the keys are checked: no weight is read
         pass
     result = ConversionResult(dst, diff)
-    finish_output(dst, source=str(src), fmt="llava", result=result)
+    finish_output(dst, source=src, fmt="llava", result=result, source_repo=source_repo)
     return result

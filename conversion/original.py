@@ -27,7 +27,7 @@ from .original_config import (
     image_features_scale,
     read_json,
 )
-from .output import finish_output, prepare_output_dir
+from .output import check_source_repo, finish_output, prepare_output_dir
 from .parity import check_original_parity
 from .processor import build_processor, load_image_processor, load_tokenizer
 from .strict_load import load_strict
@@ -152,6 +152,7 @@ def convert_original(
     chat_template: str | None = None,
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
+    source_repo: str | None = None,
 ) -> ConversionResult:
     """Converts an original TinyLLaVA checkpoint directory into a Hub-ready TinyLLaVA-HF directory.
 
@@ -167,11 +168,13 @@ def convert_original(
         chat_template: a `CHAT_TEMPLATES` name; default: the original's template for the LLM family.
         verify: load the output strictly and compare its logits with the original forward replayed on the weights.
         atol: largest accepted max abs logit difference (fp32).
+        source_repo: the Hub repo `src` was downloaded from, recorded as the source in `conversion.json`.
 
     Raises:
         ConversionError: naming missing/unexpected keys, shape mismatches, an unknown LLM family, or a failed check.
     """
     src, dst = Path(src), Path(dst)
+    check_source_repo(source_repo)
     if dtype != "auto" and dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r}: expected auto, {', '.join(DTYPES)}.")
     if fmt not in ("factory", "legacy"):
@@ -243,7 +246,7 @@ def convert_original(
                 f"{dst}: logits differ from the original forward by {diff:.3g} (> {atol:g}); the output is not faithful."
             )
     result = ConversionResult(dst, diff, ignored_keys=plan.ignored, notes=notes)
-    finish_output(dst, source=str(src), fmt=fmt, result=result)
+    finish_output(dst, source=src, fmt=fmt, result=result, source_repo=source_repo)
     return result
 
 

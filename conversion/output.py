@@ -3,6 +3,9 @@
 import json
 from pathlib import Path
 
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
 import model_cards
 
 from .errors import ConversionError
@@ -17,10 +20,32 @@ def prepare_output_dir(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
 
 
-def finish_output(dst: Path, source: str, fmt: str, result) -> None:
-    """Writes `conversion.json` (the contract model cards read) and the model card `README.md`."""
+def check_source_repo(source_repo: str | None) -> None:
+    """Raises unless `source_repo` is None or a Hub repo id (`namespace/name`)."""
+    if source_repo is None:
+        return
+    try:
+        validate_repo_id(source_repo)
+    except HFValidationError as error:
+        raise ConversionError(f"--source-repo {source_repo!r} is not a Hub repo id: {error}") from None
+    if "/" not in source_repo:
+        raise ConversionError(f"--source-repo {source_repo!r} is not a Hub repo id: expected 'namespace/name'.")
+
+
+def finish_output(dst: Path, source: Path, fmt: str, result, source_repo: str | None = None) -> None:
+    """Writes `conversion.json` (the contract model cards read) and the model card `README.md`.
+
+    Args:
+        dst: the output directory.
+        source: the local source directory.
+        fmt: the source format (`factory`, `legacy`, `llava`).
+        result: the `ConversionResult`.
+        source_repo: the Hub repo the source came from; recorded as the source (so the card's `base_model` links to
+            it), with the local directory kept as `source_path`.
+    """
     record = {
-        "source": source,
+        "source": source_repo or str(source),
+        **({"source_path": str(source)} if source_repo else {}),
         "format": fmt,
         "max_abs_logit_diff": result.max_abs_logit_diff,
         "lossy": result.lossy,

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from conversion_helpers import component_parts, save_state_dict, write_factory_checkpoint, write_legacy_checkpoint
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM
 
@@ -161,3 +162,15 @@ def test_cli(components_dir, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert main(["legacy", str(tmp_path / "src"), str(tmp_path / "dst2")]) == 1
     assert "architectures[0]" in capsys.readouterr().err
+
+
+def test_source_repo_becomes_the_cards_base_model(components_dir, tmp_path, capsys):
+    write_factory_checkpoint(components_dir, tmp_path / "src", "llama", "siglip")
+    repo = "tinyllava/TinyLLaVA-Tiny-Test"
+    assert main(["factory", str(tmp_path / "src"), str(tmp_path / "dst"), "--source-repo", repo, "--no-verify"]) == 0
+    record = json.loads((tmp_path / "dst" / "conversion.json").read_text())
+    assert (record["source"], record["source_path"]) == (repo, str(tmp_path / "src"))
+    assert ModelCard.load(tmp_path / "dst" / "README.md").data.base_model == [repo]
+    assert main(["factory", str(tmp_path / "src"), str(tmp_path / "dst2"), "--source-repo", "not a repo"]) == 1
+    assert "--source-repo 'not a repo'" in capsys.readouterr().err
+    assert not (tmp_path / "dst2").exists()  # refused before anything is written

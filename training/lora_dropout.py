@@ -80,8 +80,8 @@ def fuse_lora_dropout(model: nn.Module) -> int:
         lora_a, dropouts = getattr(module, "lora_A", None), getattr(module, "lora_dropout", None)
         if not isinstance(lora_a, nn.ModuleDict) or not isinstance(dropouts, nn.ModuleDict):
             continue
-        for name, dropout in dropouts.items():
-            layer = lora_a[name] if name in lora_a else None
+        for name in sorted(lora_a.keys() & dropouts.keys()):
+            layer, dropout = lora_a[name], dropouts[name]
             if (
                 type(dropout) is nn.Dropout and 0 < dropout.p < 1
                 and type(layer) is nn.Linear and layer.bias is None
