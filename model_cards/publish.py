@@ -15,6 +15,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from .card import placeholder_repo_id
 from .checkpoint import LLAVA_MODEL_TYPE, read_json, read_optional_json, weight_files
 from .eval_results import EVAL_RESULTS_FILE, load_results
+from .metadata import hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -31,19 +32,42 @@ class PublishError(Exception):
     """The directory cannot be published as it is; the message says what to fix."""
 
 
+def _lora_stage_leftover(checkpoint_dir: Path, relative_dir: Path) -> str | None:
+    """Why a LoRA stage's side folder stays local, or None for any other folder.
+
+    A LoRA stage writes the merged model at the top, the adapter to `adapter/` and, for a model assembled from
+    components, the untrained model it started from to `base_model/`. That base is scaffolding, not the result; the
+    adapter is only usable by others when the base its config names is on the Hub.
+    """
+    if relative_dir == Path("base_model") and (checkpoint_dir / "adapter").is_dir():
+        return "the untrained model the LoRA stage started from"
+    if relative_dir == Path("adapter"):
+        base = (read_optional_json(checkpoint_dir / "adapter" / "adapter_config.json") or {}).get(
+            "base_model_name_or_path")
+        if not hub_id(base):
+            return f"its base {base!r} is not a Hub repo, so nobody else could load it (the merged model is uploaded)"
+    return None
+
+
 def publishable_files(checkpoint_dir: Path) -> list[str]:
-    """Paths (relative, POSIX) of the files to upload: everything but `EXCLUDED_PATTERNS`, which are logged."""
+    """Paths (relative, POSIX) of the files to upload: everything but `EXCLUDED_PATTERNS` and a LoRA stage's local
+    side folders (`_lora_stage_leftover`); what is left out is logged."""
     files, skipped = [], []
     for root, dirs, names in os.walk(checkpoint_dir):
         relative_root = Path(root).relative_to(checkpoint_dir)
         for name in [d for d in dirs if any(fnmatch.fnmatch(d, p) for p in EXCLUDED_PATTERNS)]:
             dirs.remove(name)
             skipped.append(f"{(relative_root / name).as_posix()}/")
+        for name in list(dirs):
+            reason = _lora_stage_leftover(checkpoint_dir, relative_root / name)
+            if reason:
+                dirs.remove(name)
+                skipped.append(f"{(relative_root / name).as_posix()}/ ({reason})")
         for name in names:
             path = (relative_root / name).as_posix()
             (skipped if any(fnmatch.fnmatch(name, p) for p in EXCLUDED_PATTERNS) else files).append(path)
     if skipped:
-        logger.info("Not uploading %d training leftover(s): %s", len(skipped), ", ".join(sorted(skipped)))
+        logger.info("Not uploading %d item(s): %s", len(skipped), ", ".join(sorted(skipped)))
     return sorted(files)
 
 

@@ -56,6 +56,26 @@ def test_dry_run_writes_exactly_the_upload(publishable_dir, tmp_path, no_token):
     assert "your-username/" in (publishable_dir / "README.md").read_text()  # a dry run changes nothing in DIR
 
 
+@pytest.mark.parametrize("adapter_base", ["HOME/pretrain", "me/tiny-tinyllava-base"], ids=["local-base", "hub-base"])
+def test_lora_stage_side_folders(publishable_dir, tmp_path, adapter_base):
+    """The merged model is uploaded; base_model/ never, adapter/ only when others can load its base."""
+    adapter_base = adapter_base.replace("HOME", str(tmp_path))
+    (tmp_path / "pretrain").mkdir()
+    (publishable_dir / "adapter").mkdir()
+    (publishable_dir / "adapter" / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": adapter_base}))
+    (publishable_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    (publishable_dir / "base_model").mkdir()
+    (publishable_dir / "base_model" / "model.safetensors").write_bytes(b"untrained")
+    files = publish_module.publishable_files(publishable_dir)
+    assert "model.safetensors" in files and not any(f.startswith("base_model/") for f in files)
+    adapter_files = {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"}
+    if adapter_base == "me/tiny-tinyllava-base":
+        assert adapter_files <= set(files)
+    else:
+        assert not adapter_files & set(files)
+
+
 def test_upload_uses_upload_folder_with_the_dry_run_file_list(publishable_dir, monkeypatch):
     calls = {}
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
