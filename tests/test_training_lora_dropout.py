@@ -36,7 +36,7 @@ def wrap(model, fused: bool):
     return peft_model.train()
 
 
-def loss_grads_and_saved_bytes(model, batch, seed=123):
+def loss_grads_and_saved_bytes(model, batch, seed=123, autocast=False):
     saved = {}
 
     def pack(tensor):
@@ -45,15 +45,17 @@ def loss_grads_and_saved_bytes(model, batch, seed=123):
         return tensor
 
     torch.manual_seed(seed)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with (torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+          torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)):
         loss = model(**batch).loss
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads, sum(saved.values())
 
 
-@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "activation-checkpointing"])
-def test_fused_dropout_equals_peft_dropout(model_and_batch, checkpointing):
+@pytest.mark.parametrize(("checkpointing", "autocast"), [(False, False), (True, False), (False, True)],
+                         ids=["fp32", "activation-checkpointing", "bf16-autocast"])
+def test_fused_dropout_equals_peft_dropout(model_and_batch, checkpointing, autocast):
     model, batch = model_and_batch
     reference, fused = wrap(model, fused=False), wrap(model, fused=True)
     fused_layers = [m for m in fused.modules() if isinstance(m, DropoutLinear)]
@@ -63,14 +65,16 @@ def test_fused_dropout_equals_peft_dropout(model_and_batch, checkpointing):
             peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             peft_model.enable_input_require_grads()
 
-    reference_loss, reference_grads, reference_saved = loss_grads_and_saved_bytes(reference, batch)
-    fused_loss, fused_grads, fused_saved = loss_grads_and_saved_bytes(fused, batch)
+    reference_loss, reference_grads, reference_saved = loss_grads_and_saved_bytes(reference, batch, autocast=autocast)
+    fused_loss, fused_grads, fused_saved = loss_grads_and_saved_bytes(fused, batch, autocast=autocast)
     assert torch.equal(fused_loss, reference_loss)
     assert fused_grads.keys() == reference_grads.keys()
     for name, grad in reference_grads.items():
         assert torch.equal(fused_grads[name], grad), name
     if not checkpointing:
         assert fused_saved < reference_saved
+    if autocast:
+        return
 
     # Dropout is really active in training (another seed, another loss) and off in eval.
     assert not torch.equal(loss_grads_and_saved_bytes(fused, batch, seed=7)[0], fused_loss)

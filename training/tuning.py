@@ -4,6 +4,7 @@ Parameters are assigned to a module by name, so the same rules work on a plain T
 wrapper (`base_model.model.model.connector.modules_to_save.default.0.weight`, ...).
 """
 
+import logging
 import re
 
 import torch
@@ -11,6 +12,8 @@ from torch import nn
 
 from .arguments import ModelArguments
 from .lora_dropout import fuse_lora_dropout
+
+logger = logging.getLogger(__name__)
 
 MODULES = ("llm", "vision_tower", "connector")
 # A name belongs to a module when one of these occurs as a dotted component; lm_head is tuned with the LLM.
@@ -95,7 +98,8 @@ def apply_lora(model: nn.Module, model_args: ModelArguments) -> nn.Module:
         )
     if not any("lora_" in name for name, _ in peft_model.named_parameters()):
         raise ValueError(f"--lora_target_modules {model_args.lora_target_modules!r} matches no LLM layer.")
-    fuse_lora_dropout(peft_model)
+    logger.info("LoRA dropout fused into lora_A for %d adapted layers (training/lora_dropout.py).",
+                fuse_lora_dropout(peft_model))
     return peft_model
 
 
