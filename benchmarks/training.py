@@ -287,7 +287,7 @@ RUNNERS = {"tinyllava-train": run_tinyllava_train, "plain": run_plain, "trl-llav
 
 def worker(spec: dict, out: Path) -> None:
     """Runs one spec (`mode`, `implementation`, `steps`, `batch_size`, `paths`, `activation_checkpointing`,
-    `count_flops`) and writes its measurements to `out`."""
+    `count_flops`, and for `tinyllava-train` optional `overrides`: extra flags) and writes its measurements to `out`."""
     from .measure import set_threads
 
     set_threads(spec["threads"])
