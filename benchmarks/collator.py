@@ -28,7 +28,7 @@ def time_batches(collate, samples: list) -> list[float]:
     times = []
     for start in range(0, NUM_BATCHES * BATCH_SIZE, BATCH_SIZE):
         begin = time.perf_counter()
-        collate(samples[start:start + BATCH_SIZE])
+        collate(samples[start : start + BATCH_SIZE])
         times.append(time.perf_counter() - begin)
     return times
 
@@ -38,15 +38,26 @@ def step_seconds(mode: str, paths: dict, workdir: Path, make_checkpoint) -> tupl
     checkpoint `make_checkpoint()` writes."""
     results = RESULTS_DIR / "training.json"
     if results.exists():
-        runs = [run for run in json.loads(results.read_text())["runs"]
-                if run["mode"] == mode and run["implementation"] == "tinyllava-train"]
+        runs = [
+            run
+            for run in json.loads(results.read_text())["runs"]
+            if run["mode"] == mode and run["implementation"] == "tinyllava-train"
+        ]
         if runs:
             return statistics.median(run["median_step_seconds"] for run in runs), "benchmarks/results/training.json"
     from .training import run_worker
 
     paths = {**paths, "checkpoint": make_checkpoint()}
-    spec = {"mode": mode, "implementation": "tinyllava-train", "steps": 6, "batch_size": BATCH_SIZE, "paths": paths,
-            "activation_checkpointing": False, "count_flops": False, "threads": NUM_THREADS}
+    spec = {
+        "mode": mode,
+        "implementation": "tinyllava-train",
+        "steps": 6,
+        "batch_size": BATCH_SIZE,
+        "paths": paths,
+        "activation_checkpointing": False,
+        "count_flops": False,
+        "threads": NUM_THREADS,
+    }
     return run_worker(spec, workdir)["median_step_seconds"], "measured here (6 steps)"
 
 
@@ -55,9 +66,9 @@ def main(argv=None):
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from modeling_tinyllava import CHAT_TEMPLATES
-    from training.arguments import DataArguments
-    from training.collator import TinyLlavaCollator
-    from training.data import load_training_dataset
+    from tinyllava_hf.training.arguments import DataArguments
+    from tinyllava_hf.training.collator import TinyLlavaCollator
+    from tinyllava_hf.training.data import load_training_dataset
 
     from .data import trl_messages_records, write_llava_dataset
     from .models import (
@@ -90,8 +101,11 @@ def main(argv=None):
         trl_samples = trl_messages_records(num_samples, IMAGE_SIZE)
         collators = {
             "finetune": ("tinyllava", TinyLlavaCollator(processor, image_folder=str(image_folder)), samples),
-            "pretrain": ("tinyllava", TinyLlavaCollator(processor, chat_template=CHAT_TEMPLATES["pretrain"],
-                                                        image_folder=str(image_folder)), samples),
+            "pretrain": (
+                "tinyllava",
+                TinyLlavaCollator(processor, chat_template=CHAT_TEMPLATES["pretrain"], image_folder=str(image_folder)),
+                samples,
+            ),
             "finetune (TRL stock, Llava)": ("trl", trl_collator, trl_samples),
         }
         for name, (kind, collate, inputs) in collators.items():
@@ -100,13 +114,23 @@ def main(argv=None):
             call = (lambda batch, c=collate: c([dict(sample) for sample in batch])) if kind == "trl" else collate
             batch_ms = statistics.median(time_batches(call, inputs)) * 1000
             step, source = step_seconds(mode, paths, workdir, make_checkpoint)
-            rows.append({"collator": name, "ms/batch": batch_ms, "step_ms": step * 1000,
-                         "share of step": batch_ms / (step * 1000), "step time from": source,
-                         "met (<= 5%)": batch_ms / (step * 1000) <= 0.05 if kind == "tinyllava" else None,
-                         "load_1m": machine_load()["loadavg_1m"]})
+            rows.append(
+                {
+                    "collator": name,
+                    "ms/batch": batch_ms,
+                    "step_ms": step * 1000,
+                    "share of step": batch_ms / (step * 1000),
+                    "step time from": source,
+                    "met (<= 5%)": batch_ms / (step * 1000) <= 0.05 if kind == "tinyllava" else None,
+                    "load_1m": machine_load()["loadavg_1m"],
+                }
+            )
     path = write_results("collator", {"batch_size": BATCH_SIZE, "num_batches": NUM_BATCHES, "rows": rows})
-    print(format_table(rows, ["collator", "ms/batch", "step_ms", "share of step", "met (<= 5%)", "step time from",
-                              "load_1m"]))
+    print(
+        format_table(
+            rows, ["collator", "ms/batch", "step_ms", "share of step", "met (<= 5%)", "step time from", "load_1m"]
+        )
+    )
     print(f"wrote {path}")
 
 

@@ -23,45 +23,75 @@ from transformers import LlamaConfig, PreTrainedTokenizerFast, SiglipVisionConfi
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conversion.tensor_io import OutputTensor, write_sharded_safetensors
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration
+from tinyllava_hf.conversion.tensor_io import OutputTensor, write_sharded_safetensors
 
 TARGET_RATIO = 1.3
 
 
 def write_synthetic_checkpoint(directory: Path, shard_size: int) -> int:
     """Writes a random Factory checkpoint of about 1.1 GB; returns its size in bytes."""
-    text = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
-                       num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False)
-    vision = SiglipVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                                image_size=64, patch_size=16)
+    text = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        tie_word_embeddings=False,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=16,
+    )
     config = TinyLlavaConfig(text_config=text, vision_config=vision, vision_feature_select_strategy="default")
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in TinyLlavaForConditionalGeneration(config).state_dict().items()}
-    to_factory = [("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head."),
-                  ("model.vision_tower.", "vision_tower._vision_tower.vision_model."),
-                  ("model.connector.", "connector._connector.")]
+    to_factory = [
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+        ("model.vision_tower.", "vision_tower._vision_tower.vision_model."),
+        ("model.connector.", "connector._connector."),
+    ]
 
     def factory_key(key):
-        return next(new + key[len(old):] for old, new in to_factory if key.startswith(old))
+        return next(new + key[len(old) :] for old, new in to_factory if key.startswith(old))
 
     directory.mkdir(parents=True)
     generator = torch.Generator().manual_seed(0)
-    tensors = [OutputTensor(factory_key(k), s, torch.float32, lambda s=s: 0.02 * torch.randn(s, generator=generator))
-               for k, s in shapes.items()]
+    tensors = [
+        OutputTensor(factory_key(k), s, torch.float32, lambda s=s: 0.02 * torch.randn(s, generator=generator))
+        for k, s in shapes.items()
+    ]
     write_sharded_safetensors(directory, tensors, shard_size)
     original = {
-        "model_type": "tinyllava", "connector_type": "mlp2x_gelu", "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "patch", "image_aspect_ratio": "square", "tokenizer_model_max_length": 2048,
-        "text_config": text.to_dict(), "vision_config": vision.to_dict(),
+        "model_type": "tinyllava",
+        "connector_type": "mlp2x_gelu",
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "patch",
+        "image_aspect_ratio": "square",
+        "tokenizer_model_max_length": 2048,
+        "text_config": text.to_dict(),
+        "vision_config": vision.to_dict(),
     }
     (directory / "config.json").write_text(json.dumps(original))
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tokenizer.train_from_iterator(["A chat between a curious user and an assistant."], trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(directory)
+    tokenizer.train_from_iterator(
+        ["A chat between a curious user and an assistant."],
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(directory)
     return sum(t.nbytes for t in tensors)
 
 
@@ -72,8 +102,14 @@ def peak_rss_of(command: list[str]) -> tuple[int, float]:
         "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", probe, *command], check=True, capture_output=True, text=True,
-                         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *command],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     return int(out.stdout.split()[-1]) * 1024, time.perf_counter() - start  # ru_maxrss is in KiB on Linux
 
 
@@ -86,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         work = Path(work)
         size = write_synthetic_checkpoint(work / "src", shard_size=600 * 10**6)
-        convert = [sys.executable, "-m", "conversion", "factory", str(work / "src")]
+        convert = [sys.executable, "-m", "tinyllava_hf.conversion", "factory", str(work / "src")]
         runs = {
             "python + imports only": lambda out: [sys.executable, "-c", "import conversion.cli"],
             "convert (fp32, --no-verify)": lambda out: [*convert, out, "--no-verify"],
@@ -98,13 +134,22 @@ def main() -> None:
         for round_index in range(1, args.rounds + 1):
             for index, (name, command) in enumerate(runs.items()):
                 rss, seconds = peak_rss_of(command(str(work / f"out-{round_index}-{index}")))
-                rows.append({"round": round_index, "run": name, "peak_rss_bytes": rss, "ratio_to_checkpoint": rss / size,
-                             "seconds": seconds})
+                rows.append(
+                    {
+                        "round": round_index,
+                        "run": name,
+                        "peak_rss_bytes": rss,
+                        "ratio_to_checkpoint": rss / size,
+                        "seconds": seconds,
+                    }
+                )
     print(f"synthetic checkpoint: {size / 1e9:.3f} GB (fp32, 2 shards); target peak RSS <= {TARGET_RATIO}x")
     print(f"{'round':>5} {'run':<36} {'peak RSS (GB)':>14} {'x checkpoint':>13} {'seconds':>8}")
     for row in rows:
-        print(f"{row['round']:>5} {row['run']:<36} {row['peak_rss_bytes'] / 1e9:>14.3f} "
-              f"{row['ratio_to_checkpoint']:>13.2f} {row['seconds']:>8.1f}")
+        print(
+            f"{row['round']:>5} {row['run']:<36} {row['peak_rss_bytes'] / 1e9:>14.3f} "
+            f"{row['ratio_to_checkpoint']:>13.2f} {row['seconds']:>8.1f}"
+        )
     result = {"checkpoint_bytes": size, "target_ratio": TARGET_RATIO, "runs": rows}
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -63,11 +63,13 @@ def write_llava_dataset(directory: Path, num_samples: int, image_size: int) -> t
         question, answer = make_conversation(index)
         name = f"{index:05d}.png"
         make_image(index, image_size).save(image_folder / name)
-        records.append({
-            "id": str(index),
-            "image": name,
-            "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
-        })
+        records.append(
+            {
+                "id": str(index),
+                "image": name,
+                "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}],
+            }
+        )
     data_path = directory / "data.json"
     data_path.write_text(json.dumps(records))
     return data_path, image_folder
@@ -78,11 +80,13 @@ def trl_messages_records(num_samples: int, image_size: int) -> list[dict]:
     records = []
     for index in range(num_samples):
         question, answer = make_conversation(index)
-        records.append({
-            "messages": [
-                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
-                {"role": "assistant", "content": [{"type": "text", "text": answer}]},
-            ],
-            "images": [make_image(index, image_size)],
-        })
+        records.append(
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+                ],
+                "images": [make_image(index, image_size)],
+            }
+        )
     return records

@@ -1,6 +1,6 @@
 """Wall time of the README demo (`tinyllava-train demo`), the whole offline pipeline (target: <= 5 minutes).
 
-    python -m benchmarks.demo                  # runs `python -m training demo --output_dir <tmp>`
+    python -m benchmarks.demo                  # runs `python -m tinyllava_hf.training demo --output_dir <tmp>`
     python -m benchmarks.demo -- --flag value  # extra flags passed to the demo
 
 The demo runs as a child process with the environment a user has (no thread pinning): this measures what a user
@@ -28,20 +28,31 @@ def main(argv=None):
     args = parser.parse_args(argv)
     load_before = machine_load()
     with tempfile.TemporaryDirectory() as output_dir:
-        command = [sys.executable, "-m", "training", "demo", "--output_dir", output_dir, *args.demo_args]
+        command = [sys.executable, "-m", "tinyllava_hf.training", "demo", "--output_dir", output_dir, *args.demo_args]
         start = time.perf_counter()
-        completed = subprocess.run(command, check=False, cwd=REPO_ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                                   capture_output=True, text=True)
+        completed = subprocess.run(
+            command,
+            check=False,
+            cwd=REPO_ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+        )
         seconds = time.perf_counter() - start
         if completed.returncode != 0:
             raise SystemExit(f"The demo failed ({completed.returncode}):\n{completed.stderr[-4000:]}")
         outputs = sorted(str(path.relative_to(output_dir)) for path in Path(output_dir).rglob("*") if path.is_file())
-    row = {"command": "tinyllava-train demo " + " ".join(args.demo_args), "wall_s": seconds,
-           "peak_RSS_MB": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-           "met (<= 300 s)": seconds <= TARGET_SECONDS, "load_1m_before": load_before["loadavg_1m"],
-           "load_1m_after": machine_load()["loadavg_1m"]}
-    path = write_results("demo", {"result": row, "demo_stdout_tail": completed.stdout[-3000:],
-                                  "output_files": outputs[:200]})
+    row = {
+        "command": "tinyllava-train demo " + " ".join(args.demo_args),
+        "wall_s": seconds,
+        "peak_RSS_MB": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "met (<= 300 s)": seconds <= TARGET_SECONDS,
+        "load_1m_before": load_before["loadavg_1m"],
+        "load_1m_after": machine_load()["loadavg_1m"],
+    }
+    path = write_results(
+        "demo", {"result": row, "demo_stdout_tail": completed.stdout[-3000:], "output_files": outputs[:200]}
+    )
     print(format_table([row], list(row)))
     print(f"wrote {path}")
 

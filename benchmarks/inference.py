@@ -55,10 +55,23 @@ def make_inputs(processor, batch_size: int) -> dict:
     messages = []
     for index in range(batch_size):
         question, _ = make_conversation(index)
-        messages.append([{"role": "user", "content": [
-            {"type": "image", "image": make_image(index, IMAGE_SIZE)}, {"type": "text", "text": question}]}])
+        messages.append(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "image": make_image(index, IMAGE_SIZE)},
+                        {"type": "text", "text": question},
+                    ],
+                }
+            ]
+        )
     return processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"padding": True, "padding_side": "left"},
     )
 
@@ -105,21 +118,27 @@ def build_implementations(workdir: Path, new_tokens: int):
     model = build_model(config_70m(tokenizer))
     processor = build_processor(tokenizer)
     llava, export_method = export_to_llava(model, processor, workdir)
-    generate_kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
-                       "pad_token_id": tokenizer.pad_token_id}
+    generate_kwargs = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     bare = BareLM(model)
 
     def prefill(implementation):
         return lambda inputs: implementation(**inputs, logits_to_keep=1, use_cache=True).logits
 
     def generate(implementation):
-        return lambda inputs: implementation.generate(**inputs, **generate_kwargs)[:, inputs["input_ids"].shape[1]:]
+        return lambda inputs: implementation.generate(**inputs, **generate_kwargs)[:, inputs["input_ids"].shape[1] :]
 
     implementations = {
         "tinyllava": {"prefill": prefill(model), "generate": generate(model)},
         "llava": {"prefill": prefill(llava), "generate": generate(llava)},
-        "bare": {"prefill": lambda inputs: bare.prefill(**inputs),
-                 "generate": lambda inputs: bare.generate(**inputs, **generate_kwargs)},
+        "bare": {
+            "prefill": lambda inputs: bare.prefill(**inputs),
+            "generate": lambda inputs: bare.generate(**inputs, **generate_kwargs),
+        },
     }
     info = {"parameters": count_parameters(model), "llava_export": export_method}
     return implementations, processor, info
@@ -155,13 +174,22 @@ def run(repeats: dict, rounds: int, new_tokens: int, threads: int) -> dict:
         for round_index in range(1, rounds + 1):
             for batch, batch_inputs in inputs.items():
                 for kind in ("prefill", "generate"):
-                    functions = {name: (lambda f=impl[kind], x=batch_inputs: f(x)) for name, impl in implementations.items()}
+                    functions = {
+                        name: (lambda f=impl[kind], x=batch_inputs: f(x)) for name, impl in implementations.items()
+                    }
                     times = interleaved_times(functions, repeats[kind][batch])
-                    timings.append({"round": round_index, "kind": kind, "batch": batch,
-                                    "prompt_len": batch_inputs["input_ids"].shape[1],
-                                    "seconds": {name: statistics.median(values) for name, values in times.items()},
-                                    "ratios": {f"{a}/{b}": paired_ratio(times, a, b) for a, b in RATIOS},
-                                    "times": times, "load": machine_load()})
+                    timings.append(
+                        {
+                            "round": round_index,
+                            "kind": kind,
+                            "batch": batch,
+                            "prompt_len": batch_inputs["input_ids"].shape[1],
+                            "seconds": {name: statistics.median(values) for name, values in times.items()},
+                            "ratios": {f"{a}/{b}": paired_ratio(times, a, b) for a, b in RATIOS},
+                            "times": times,
+                            "load": machine_load(),
+                        }
+                    )
     return {"info": info, "matmul_ceiling_gflops": ceiling, "checks": checks, "timings": timings}
 
 
@@ -170,7 +198,12 @@ def summarize(result: dict) -> list[dict]:
     rows = []
     for timing in result["timings"]:
         seconds, batch = timing["seconds"], timing["batch"]
-        row = {"round": timing["round"], "measure": timing["kind"], "batch": batch, "load_1m": timing["load"]["loadavg_1m"]}
+        row = {
+            "round": timing["round"],
+            "measure": timing["kind"],
+            "batch": batch,
+            "load_1m": timing["load"]["loadavg_1m"],
+        }
         for name, value in seconds.items():
             row[name] = value * 1000 if timing["kind"] == "prefill" else batch * result["info"]["new_tokens"] / value
         ratios = timing["ratios"]
@@ -188,20 +221,47 @@ def main(argv=None):
     parser.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="generated tokens per prompt")
     parser.add_argument("--threads", type=int, default=NUM_THREADS, help="torch intra-op threads")
     args = parser.parse_args(argv)
-    repeats = ({"prefill": {1: 3, 8: 1}, "generate": {1: 1, 8: 1}} if args.quick
-               else {"prefill": {1: 15, 8: 7}, "generate": {1: 7, 8: 5}})
+    repeats = (
+        {"prefill": {1: 3, 8: 1}, "generate": {1: 1, 8: 1}}
+        if args.quick
+        else {"prefill": {1: 15, 8: 7}, "generate": {1: 7, 8: 5}}
+    )
     result = run(repeats, args.rounds, args.new_tokens, args.threads)
     rows = summarize(result)
     result["summary"] = rows
     path = write_results("inference", result)
-    print(f"70M TinyLLaVA ({result['info']['parameters'] / 1e6:.1f}M params), Llava weights via "
-          f"{result['info']['llava_export']}; fp32 matmul ceiling {result['matmul_ceiling_gflops']:.0f} GFLOP/s")
-    print(f"prefill: ms per call (last-position logits); generate: tokens/s for {args.new_tokens} new tokens, "
-          f"left-padded; {args.threads} threads. Ratios are time ratios (lower is faster).")
-    print(format_table(rows, ["round", "measure", "batch", "tinyllava", "llava", "bare", "ours/llava", "ours/bare",
-                              "llava/bare", "target met", "load_1m"]))
-    print(format_table([{"pair": pair, **check} for pair, check in result["checks"].items()],
-                       ["pair", "prefill_max_abs_logit_diff", "token_agreement", "generated_tokens"]))
+    print(
+        f"70M TinyLLaVA ({result['info']['parameters'] / 1e6:.1f}M params), Llava weights via "
+        f"{result['info']['llava_export']}; fp32 matmul ceiling {result['matmul_ceiling_gflops']:.0f} GFLOP/s"
+    )
+    print(
+        f"prefill: ms per call (last-position logits); generate: tokens/s for {args.new_tokens} new tokens, "
+        f"left-padded; {args.threads} threads. Ratios are time ratios (lower is faster)."
+    )
+    print(
+        format_table(
+            rows,
+            [
+                "round",
+                "measure",
+                "batch",
+                "tinyllava",
+                "llava",
+                "bare",
+                "ours/llava",
+                "ours/bare",
+                "llava/bare",
+                "target met",
+                "load_1m",
+            ],
+        )
+    )
+    print(
+        format_table(
+            [{"pair": pair, **check} for pair, check in result["checks"].items()],
+            ["pair", "prefill_max_abs_logit_diff", "token_agreement", "generated_tokens"],
+        )
+    )
     print(f"wrote {path}")
 
 

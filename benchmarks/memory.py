@@ -43,7 +43,11 @@ def prepare(workdir: Path) -> dict:
     save_checkpoint(model, build_processor(tokenizer), workdir / "tinyllava-05b")
     del model
     data_path, image_folder = write_llava_dataset(workdir / "data", NUM_SAMPLES, IMAGE_SIZE)
-    paths = {"checkpoint": str(workdir / "tinyllava-05b"), "data_path": str(data_path), "image_folder": str(image_folder)}
+    paths = {
+        "checkpoint": str(workdir / "tinyllava-05b"),
+        "data_path": str(data_path),
+        "image_folder": str(image_folder),
+    }
     return paths, parameters
 
 
@@ -60,26 +64,67 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         paths, parameters = prepare(Path(workdir))
-        for round_index, (name, (mode, checkpointing)) in itertools.product(range(1, args.rounds + 1), variants.items()):
+        for round_index, (name, (mode, checkpointing)) in itertools.product(
+            range(1, args.rounds + 1), variants.items()
+        ):
             print(f"[round {round_index}: {name}] ...", flush=True)
-            spec = {"mode": mode, "implementation": "tinyllava-train", "steps": STEPS, "batch_size": 1,
-                    "paths": paths, "activation_checkpointing": checkpointing, "count_flops": False, "threads": args.threads}
+            spec = {
+                "mode": mode,
+                "implementation": "tinyllava-train",
+                "steps": STEPS,
+                "batch_size": 1,
+                "paths": paths,
+                "activation_checkpointing": checkpointing,
+                "count_flops": False,
+                "threads": args.threads,
+            }
             run = run_worker(spec, Path(workdir))
-            rows.append({"round": round_index, "variant": name, "peak_RSS_MB": run["peak_rss_mb"],
-                         "RSS_before_training_MB": run["rss_before_training_mb"],
-                         "trainable_M": run["trainable_parameters"] / 1e6, "step_s": run["median_step_seconds"],
-                         "heap_free_held_MB": (run["glibc_heap_at_end"] or {}).get("free_held_mb"),
-                         "load_1m": run["load_at_start"]["loadavg_1m"], "run": run})
+            rows.append(
+                {
+                    "round": round_index,
+                    "variant": name,
+                    "peak_RSS_MB": run["peak_rss_mb"],
+                    "RSS_before_training_MB": run["rss_before_training_mb"],
+                    "trainable_M": run["trainable_parameters"] / 1e6,
+                    "step_s": run["median_step_seconds"],
+                    "heap_free_held_MB": (run["glibc_heap_at_end"] or {}).get("free_held_mb"),
+                    "load_1m": run["load_at_start"]["loadavg_1m"],
+                    "run": run,
+                }
+            )
     full = {row["round"]: row["peak_RSS_MB"] for row in rows if row["variant"] == "full fine-tune"}
     for row in rows:
         row["vs full"] = row["peak_RSS_MB"] / full[row["round"]]
-    targets = [{"round": row["round"], "target": "LoRA peak RSS <= 0.5 x full fine-tune", "value": row["vs full"],
-                "met": row["vs full"] <= 0.5} for row in rows if row["variant"] == "LoRA"]
-    path = write_results("memory", {"parameters": parameters, "batch_size": 1, "steps": STEPS, "variants": rows,
-                                    "targets": targets})
+    targets = [
+        {
+            "round": row["round"],
+            "target": "LoRA peak RSS <= 0.5 x full fine-tune",
+            "value": row["vs full"],
+            "met": row["vs full"] <= 0.5,
+        }
+        for row in rows
+        if row["variant"] == "LoRA"
+    ]
+    path = write_results(
+        "memory", {"parameters": parameters, "batch_size": 1, "steps": STEPS, "variants": rows, "targets": targets}
+    )
     print(f"~0.5B TinyLLaVA ({parameters / 1e6:.0f}M params), batch 1, fp32, {STEPS} steps")
-    print(format_table(rows, ["round", "variant", "peak_RSS_MB", "vs full", "RSS_before_training_MB", "heap_free_held_MB",
-                              "trainable_M", "step_s", "load_1m"]))
+    print(
+        format_table(
+            rows,
+            [
+                "round",
+                "variant",
+                "peak_RSS_MB",
+                "vs full",
+                "RSS_before_training_MB",
+                "heap_free_held_MB",
+                "trainable_M",
+                "step_s",
+                "load_1m",
+            ],
+        )
+    )
     print(format_table(targets, ["round", "target", "value", "met"]))
     print(f"wrote {path}")
 

@@ -56,20 +56,34 @@ def build_tokenizer(text_model_type: str = "llama") -> PreTrainedTokenizerFast:
 def siglip_config() -> SiglipVisionConfig:
     """SigLIP-like vision tower: 224 px, patch 14, hidden 384, 6 layers."""
     return SiglipVisionConfig(
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_size=384, intermediate_size=1536,
-        num_hidden_layers=6, num_attention_heads=6,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=6,
     )
 
 
 def config_70m(tokenizer) -> TinyLlavaConfig:
     """The issue's 70M config: SigLIP-like 224/14 x384 x6 + Llama-like vocab 32000 x512 x8 (4 kv heads), mlp2x_gelu."""
     text_config = LlamaConfig(
-        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-        num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return TinyLlavaConfig(
-        text_config=text_config, vision_config=siglip_config(), connector_type="mlp2x_gelu",
+        text_config=text_config,
+        vision_config=siglip_config(),
+        connector_type="mlp2x_gelu",
         image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
     )
 
@@ -77,12 +91,23 @@ def config_70m(tokenizer) -> TinyLlavaConfig:
 def config_05b(tokenizer) -> TinyLlavaConfig:
     """~0.5B: a Qwen2-0.5B-like LM (hidden 896 x24, 14 heads / 2 kv heads, vocab 151936, tied) + the SigLIP above."""
     text_config = Qwen2Config(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=1e6,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return TinyLlavaConfig(
-        text_config=text_config, vision_config=siglip_config(), connector_type="mlp2x_gelu",
+        text_config=text_config,
+        vision_config=siglip_config(),
+        connector_type="mlp2x_gelu",
         image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
     )
 
@@ -95,7 +120,9 @@ def build_model(config: TinyLlavaConfig, seed: int = 0) -> TinyLlavaForCondition
 
 def build_processor(tokenizer) -> TinyLlavaProcessor:
     return TinyLlavaProcessor(
-        image_processor=image_processor(), tokenizer=tokenizer, chat_template=CHAT_TEMPLATES[CHAT_TEMPLATE],
+        image_processor=image_processor(),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATES[CHAT_TEMPLATE],
         num_image_tokens=NUM_IMAGE_TOKENS,
     )
 
@@ -107,8 +134,11 @@ def image_processor() -> SiglipImageProcessorPil:
 def build_llava_processor(tokenizer) -> LlavaProcessor:
     """transformers' LlavaProcessor giving the same input ids as `build_processor` (same template and expansion)."""
     return LlavaProcessor(
-        image_processor=image_processor(), tokenizer=tokenizer, patch_size=PATCH_SIZE,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATES[CHAT_TEMPLATE],
+        image_processor=image_processor(),
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATES[CHAT_TEMPLATE],
     )
 
 
@@ -135,8 +165,10 @@ def llava_config(config: TinyLlavaConfig) -> LlavaConfig:
 
 
 # Our mlp2x_gelu connector is nn.Sequential(Linear, GELU, Linear); Llava names the two linears linear_1 and linear_2.
-_TO_LLAVA_PREFIXES = {"model.connector.0.": "model.multi_modal_projector.linear_1.",
-                      "model.connector.2.": "model.multi_modal_projector.linear_2."}
+_TO_LLAVA_PREFIXES = {
+    "model.connector.0.": "model.multi_modal_projector.linear_1.",
+    "model.connector.2.": "model.multi_modal_projector.linear_2.",
+}
 
 
 def llava_from_key_map(model: TinyLlavaForConditionalGeneration) -> LlavaForConditionalGeneration:
@@ -145,7 +177,7 @@ def llava_from_key_map(model: TinyLlavaForConditionalGeneration) -> LlavaForCond
     for key, value in model.state_dict().items():
         for old, new in _TO_LLAVA_PREFIXES.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
         state_dict[key] = value
     llava = LlavaForConditionalGeneration(llava_config(model.config))
     llava.load_state_dict(state_dict, strict=True)
@@ -167,8 +199,9 @@ def export_to_llava(model, processor, workdir: Path) -> tuple[LlavaForConditiona
         return llava_from_key_map(model), "in-script key map"
     source, target = save_checkpoint(model, processor, workdir / "tinyllava"), workdir / "llava"
     subprocess.run(
-        [sys.executable, "-m", "conversion", "to-llava", str(source), str(target)],
-        check=True, cwd=Path(__file__).resolve().parent.parent,
+        [sys.executable, "-m", "tinyllava_hf.conversion", "to-llava", str(source), str(target)],
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     llava = LlavaForConditionalGeneration.from_pretrained(target, dtype=torch.float32)
     return llava.eval(), "tinyllava-convert to-llava"

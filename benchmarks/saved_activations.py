@@ -28,15 +28,22 @@ def saved_bytes(tune_llm: str, dropout: float, fuse: bool) -> tuple[int, float]:
     """(bytes saved for backward, trainable parameters in millions) for one variant, built from scratch."""
     from peft import get_peft_model
 
-    from training.arguments import ModelArguments
-    from training.tuning import apply_lora, lora_config, set_trainable
+    from tinyllava_hf.training.arguments import ModelArguments
+    from tinyllava_hf.training.tuning import apply_lora, lora_config, set_trainable
 
     from .models import build_model, build_tokenizer, config_05b
 
     config = config_05b(build_tokenizer("qwen2"))
     model = build_model(config).train()
-    args = ModelArguments(model_name_or_path="unused", tune_llm=tune_llm, tune_vision_tower="frozen",
-                          tune_connector="full", lora_r=128, lora_alpha=256, lora_dropout=dropout)
+    args = ModelArguments(
+        model_name_or_path="unused",
+        tune_llm=tune_llm,
+        tune_vision_tower="frozen",
+        tune_connector="full",
+        lora_r=128,
+        lora_alpha=256,
+        lora_dropout=dropout,
+    )
     if tune_llm == "lora":
         model = apply_lora(model, args) if fuse else get_peft_model(model, lora_config(args))
     set_trainable(model, args)

@@ -75,8 +75,13 @@ def prepare(workdir: Path) -> dict:
     if not (workdir / "llava").is_dir():
         raise RuntimeError("The Llava export needs `tinyllava-convert to-llava` (the conversion package).")
     data_path, image_folder = write_llava_dataset(workdir / "data", NUM_SAMPLES, IMAGE_SIZE)
-    return {"checkpoint": str(workdir / "tinyllava"), "llava": str(workdir / "llava"), "data_path": str(data_path),
-            "image_folder": str(image_folder), "llava_export": export_method}
+    return {
+        "checkpoint": str(workdir / "tinyllava"),
+        "llava": str(workdir / "llava"),
+        "data_path": str(data_path),
+        "image_folder": str(image_folder),
+        "llava_export": export_method,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -157,20 +162,35 @@ def trainer_callback(recorder: StepRecorder, info: dict):
 def common_trainer_flags(spec: dict, output_dir: str) -> dict:
     """The settings every TRL run shares (the recipe's learning rate and schedule are kept)."""
     return {
-        "output_dir": output_dir, "max_steps": spec["steps"], "per_device_train_batch_size": spec["batch_size"],
-        "gradient_accumulation_steps": 1, "learning_rate": recipe(spec["mode"])["learning_rate"], "warmup_steps": 0,
-        "activation_checkpointing": spec["activation_checkpointing"], "bf16": False, "dataloader_num_workers": 0,
-        "save_strategy": "no", "logging_steps": 1, "report_to": "none", "seed": 0, "max_length": 2048,
+        "output_dir": output_dir,
+        "max_steps": spec["steps"],
+        "per_device_train_batch_size": spec["batch_size"],
+        "gradient_accumulation_steps": 1,
+        "learning_rate": recipe(spec["mode"])["learning_rate"],
+        "warmup_steps": 0,
+        "activation_checkpointing": spec["activation_checkpointing"],
+        "bf16": False,
+        "dataloader_num_workers": 0,
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "report_to": "none",
+        "seed": 0,
+        "max_length": 2048,
     }
 
 
 def run_tinyllava_train(spec: dict, output_dir: str, info: dict) -> StepRecorder:
-    from training.cli import parse_args
-    from training.train import train
+    from tinyllava_hf.training.cli import parse_args
+    from tinyllava_hf.training.train import train
 
     paths = spec["paths"]
-    flags = {**common_trainer_flags(spec, output_dir), "model_name_or_path": paths["checkpoint"],
-             "data_path": paths["data_path"], "image_folder": paths["image_folder"], **spec.get("overrides", {})}
+    flags = {
+        **common_trainer_flags(spec, output_dir),
+        "model_name_or_path": paths["checkpoint"],
+        "data_path": paths["data_path"],
+        "image_folder": paths["image_folder"],
+        **spec.get("overrides", {}),
+    }
     argv = [MODES[spec["mode"]]] + [item for key, value in flags.items() for item in (f"--{key}", str(value))]
     info["command"] = "tinyllava-train " + " ".join(argv)
     recorder = StepRecorder(spec["steps"], spec["count_flops"])
@@ -197,25 +217,40 @@ def run_trl_llava(spec: dict, output_dir: str, info: dict) -> StepRecorder:
     if mode == "pretrain":
         processor.chat_template = CHAT_TEMPLATES["pretrain"]
     config = recipe(mode)
-    trainable = {"pretrain": ("multi_modal_projector.",),
-                 "finetune": ("multi_modal_projector.", "language_model.", "lm_head.")}.get(mode, ())
+    trainable = {
+        "pretrain": ("multi_modal_projector.",),
+        "finetune": ("multi_modal_projector.", "language_model.", "lm_head."),
+    }.get(mode, ())
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(f".{prefix}" in f".{name}" for prefix in trainable))
     peft_config = None
     if mode == "lora":
-        from training.arguments import DEFAULT_LORA_TARGET_MODULES
+        from tinyllava_hf.training.arguments import DEFAULT_LORA_TARGET_MODULES
 
         peft_config = LoraConfig(
-            r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
-            target_modules=DEFAULT_LORA_TARGET_MODULES, modules_to_save=["multi_modal_projector"],
+            r=config["lora_r"],
+            lora_alpha=config["lora_alpha"],
+            lora_dropout=config["lora_dropout"],
+            target_modules=DEFAULT_LORA_TARGET_MODULES,
+            modules_to_save=["multi_modal_projector"],
             task_type="CAUSAL_LM",
         )
     dataset = datasets.Dataset.from_list(trl_messages_records(NUM_SAMPLES, IMAGE_SIZE))
-    args = SFTConfig(**common_trainer_flags(spec, output_dir), lr_scheduler_type=config["lr_scheduler_type"],
-                     weight_decay=config["weight_decay"], assistant_only_loss=True)
+    args = SFTConfig(
+        **common_trainer_flags(spec, output_dir),
+        lr_scheduler_type=config["lr_scheduler_type"],
+        weight_decay=config["weight_decay"],
+        assistant_only_loss=True,
+    )
     recorder = StepRecorder(spec["steps"], spec["count_flops"])
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor,
-                         peft_config=peft_config, callbacks=[trainer_callback(recorder, info)])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        callbacks=[trainer_callback(recorder, info)],
+    )
     trainer.train()
     return recorder
 
@@ -226,13 +261,20 @@ def plain_trainable_model(model, mode: str):
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        from training.arguments import DEFAULT_LORA_TARGET_MODULES
+        from tinyllava_hf.training.arguments import DEFAULT_LORA_TARGET_MODULES
 
         config = recipe(mode)
-        return get_peft_model(model, LoraConfig(
-            r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
-            target_modules=DEFAULT_LORA_TARGET_MODULES, modules_to_save=["connector"], task_type="CAUSAL_LM",
-        ))
+        return get_peft_model(
+            model,
+            LoraConfig(
+                r=config["lora_r"],
+                lora_alpha=config["lora_alpha"],
+                lora_dropout=config["lora_dropout"],
+                target_modules=DEFAULT_LORA_TARGET_MODULES,
+                modules_to_save=["connector"],
+                task_type="CAUSAL_LM",
+            ),
+        )
     trainable = ("model.connector.",) + (("model.language_model.", "lm_head.") if mode == "finetune" else ())
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(trainable))
@@ -244,9 +286,9 @@ def run_plain(spec: dict, output_dir: str, info: dict) -> StepRecorder:
     import trl  # noqa: F401  (same imported libraries as the TRL runs, for a fair RSS comparison)
 
     from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
-    from training.arguments import DataArguments
-    from training.collator import TinyLlavaCollator
-    from training.data import load_training_dataset
+    from tinyllava_hf.training.arguments import DataArguments
+    from tinyllava_hf.training.collator import TinyLlavaCollator
+    from tinyllava_hf.training.data import load_training_dataset
 
     mode, paths, steps, batch_size = spec["mode"], spec["paths"], spec["steps"], spec["batch_size"]
     if spec["activation_checkpointing"]:
@@ -260,7 +302,9 @@ def run_plain(spec: dict, output_dir: str, info: dict) -> StepRecorder:
 
     processor = TinyLlavaProcessor.from_pretrained(paths["checkpoint"])
     collator = TinyLlavaCollator(
-        processor, chat_template=CHAT_TEMPLATES["pretrain"] if mode == "pretrain" else None, max_length=2048,
+        processor,
+        chat_template=CHAT_TEMPLATES["pretrain"] if mode == "pretrain" else None,
+        max_length=2048,
         image_folder=paths["image_folder"],
     )
     samples = load_training_dataset(DataArguments(data_path=[paths["data_path"]], image_folder=paths["image_folder"]))
@@ -330,12 +374,16 @@ def summarize(runs: list[dict]) -> list[dict]:
         reference = plain.get((run["mode"], run["round"]))
         step = run["median_step_seconds"]
         row = {
-            "mode": run["mode"], "round": run["round"], "implementation": run["implementation"],
-            "step_s": step, "samples/s": BATCH_SIZE / step,
+            "mode": run["mode"],
+            "round": run["round"],
+            "implementation": run["implementation"],
+            "step_s": step,
+            "samples/s": BATCH_SIZE / step,
             "GFLOP/step": run["flops_per_step"] / 1e9,
             "GFLOP/s": run["flops_per_step"] / step / 1e9,
             "MFU": run["flops_per_step"] / step / (ceiling * 1e9),
-            "peak_RSS_MB": run["peak_rss_mb"], "trainable_M": run["trainable_parameters"] / 1e6,
+            "peak_RSS_MB": run["peak_rss_mb"],
+            "trainable_M": run["trainable_parameters"] / 1e6,
             "load_1m": run["load_at_start"]["loadavg_1m"],
         }
         if reference is not None:
@@ -351,13 +399,34 @@ def targets(rows: list[dict]) -> list[dict]:
     for row in rows:
         if row["implementation"] != "tinyllava-train" or "step/plain" not in row:
             continue
-        checks.append({"mode": row["mode"], "round": row["round"], "target": "step time <= 1.0 x plain (5% noise)",
-                       "value": row["step/plain"], "met": row["step/plain"] <= 1.05})
-        checks.append({"mode": row["mode"], "round": row["round"], "target": "TRL peak RSS overhead <= 200 MB",
-                       "value": row["RSS-plain_MB"], "met": row["RSS-plain_MB"] <= 200})
+        checks.append(
+            {
+                "mode": row["mode"],
+                "round": row["round"],
+                "target": "step time <= 1.0 x plain (5% noise)",
+                "value": row["step/plain"],
+                "met": row["step/plain"] <= 1.05,
+            }
+        )
+        checks.append(
+            {
+                "mode": row["mode"],
+                "round": row["round"],
+                "target": "TRL peak RSS overhead <= 200 MB",
+                "value": row["RSS-plain_MB"],
+                "met": row["RSS-plain_MB"] <= 200,
+            }
+        )
         if row["mode"] == "finetune":
-            checks.append({"mode": row["mode"], "round": row["round"], "target": "MFU >= 0.50 (full fine-tune)",
-                           "value": row["MFU"], "met": row["MFU"] >= 0.5})
+            checks.append(
+                {
+                    "mode": row["mode"],
+                    "round": row["round"],
+                    "target": "MFU >= 0.50 (full fine-tune)",
+                    "value": row["MFU"],
+                    "met": row["MFU"] >= 0.5,
+                }
+            )
     return checks
 
 
@@ -366,8 +435,12 @@ def main(argv=None):
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--implementations", nargs="+", choices=IMPLEMENTATIONS, default=list(IMPLEMENTATIONS))
     parser.add_argument("--rounds", type=int, default=2, help="how many times each comparison is measured")
-    parser.add_argument("--steps", type=int, default=13, help=f"steps per run (>= {WARMUP_STEPS + 3}); the last one "
-                        "counts FLOPs and is not timed")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=13,
+        help=f"steps per run (>= {WARMUP_STEPS + 3}); the last one counts FLOPs and is not timed",
+    )
     parser.add_argument("--threads", type=int, default=NUM_THREADS, help="torch intra-op threads per run")
     parser.add_argument("--name", default="training", help="results file name (benchmarks/results/NAME.json)")
     parser.add_argument("--append", action="store_true", help="keep the other modes' runs already in the results file")
@@ -392,9 +465,16 @@ def main(argv=None):
                 shift = (round_index - 1) % len(order)
                 for implementation in order[shift:] + order[:shift]:
                     print(f"[{mode} round {round_index}] {implementation} ...", flush=True)
-                    spec = {"mode": mode, "implementation": implementation, "steps": args.steps,
-                            "batch_size": BATCH_SIZE, "paths": paths, "activation_checkpointing": False,
-                            "count_flops": True, "threads": args.threads}
+                    spec = {
+                        "mode": mode,
+                        "implementation": implementation,
+                        "steps": args.steps,
+                        "batch_size": BATCH_SIZE,
+                        "paths": paths,
+                        "activation_checkpointing": False,
+                        "count_flops": True,
+                        "threads": args.threads,
+                    }
                     runs.append({**run_worker(spec, workdir), "round": round_index})
                     report(args.name, runs, args.steps, paths["llava_export"], final=False)
     report(args.name, runs, args.steps, paths["llava_export"], final=True)
@@ -404,14 +484,41 @@ def report(name: str, runs: list[dict], steps: int, llava_export: str, final: bo
     """Writes the results so far (after every run, so that an interrupted benchmark keeps what it measured)."""
     rows = summarize(runs)
     checks = targets(rows)
-    path = write_results(name, {"batch_size": BATCH_SIZE, "steps": steps, "warmup_steps": WARMUP_STEPS,
-                                "matmul_ceiling_gflops": matmul_ceiling(runs), "llava_export": llava_export,
-                                "runs": runs, "summary": rows, "targets": checks})
+    path = write_results(
+        name,
+        {
+            "batch_size": BATCH_SIZE,
+            "steps": steps,
+            "warmup_steps": WARMUP_STEPS,
+            "matmul_ceiling_gflops": matmul_ceiling(runs),
+            "llava_export": llava_export,
+            "runs": runs,
+            "summary": rows,
+            "targets": checks,
+        },
+    )
     if not final:
         return
     print(f"MFU against the best fp32 matmul rate seen in this run: {matmul_ceiling(runs):.0f} GFLOP/s")
-    print(format_table(rows, ["mode", "round", "implementation", "step_s", "samples/s", "step/plain", "MFU",
-                              "GFLOP/step", "peak_RSS_MB", "RSS-plain_MB", "trainable_M", "load_1m"]))
+    print(
+        format_table(
+            rows,
+            [
+                "mode",
+                "round",
+                "implementation",
+                "step_s",
+                "samples/s",
+                "step/plain",
+                "MFU",
+                "GFLOP/step",
+                "peak_RSS_MB",
+                "RSS-plain_MB",
+                "trainable_M",
+                "load_1m",
+            ],
+        )
+    )
     print(format_table(checks, ["mode", "round", "target", "value", "met"]))
     print(f"wrote {path}")
 

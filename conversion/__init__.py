@@ -1,6 +1,6 @@
 """Checkpoint conversion: original TinyLLaVA (Factory, legacy) in; transformers-native LLaVA in and out.
 
-Run `tinyllava-convert --help` (or `python -m conversion --help`) for the command line.
+Run `tinyllava-convert --help` (or `python -m tinyllava_hf.conversion --help`) for the command line.
 """
 
 from .errors import ConversionError

@@ -25,9 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("src", help="source checkpoint directory")
         sub.add_argument("dst", help="output directory (created; must be empty)")
         sub.add_argument("--dtype", default="auto", choices=["auto", *DTYPES], help=dtype_help)
-        sub.add_argument("--source-repo", help="Hub repo id SRC was downloaded from (e.g. "
-                         "tinyllava/TinyLLaVA-Phi-2-SigLIP-3.1B): recorded in conversion.json so that the model "
-                         "card's base_model links to it")
+        sub.add_argument(
+            "--source-repo",
+            help="Hub repo id SRC was downloaded from (e.g. "
+            "tinyllava/TinyLLaVA-Phi-2-SigLIP-3.1B): recorded in conversion.json so that the model "
+            "card's base_model links to it",
+        )
 
     for name, help_text in (
         ("factory", "a TinyLLaVA Factory checkpoint (full save or the split pretrain layout)"),
@@ -37,17 +40,24 @@ def build_parser() -> argparse.ArgumentParser:
         add_common(sub)
         sub.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="largest output file, e.g. 2GB")
         sub.add_argument("--tokenizer", help="tokenizer directory, when SRC has none")
-        sub.add_argument("--chat-template", help="template name (phi, llama, gemma, qwen2_base, qwen2_instruct); "
-                         "default: the original's for the LLM family")
+        sub.add_argument(
+            "--chat-template",
+            help="template name (phi, llama, gemma, qwen2_base, qwen2_instruct); "
+            "default: the original's for the LLM family",
+        )
         sub.add_argument("--no-verify", action="store_true", help="skip the strict reload and the logit comparison")
         sub.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="largest accepted logit difference")
         if name == "legacy":
-            sub.add_argument("--vision-config", help="SigLIP vision config.json, when mm_vision_tower is not a "
-                             "known legacy tower")
+            sub.add_argument(
+                "--vision-config", help="SigLIP vision config.json, when mm_vision_tower is not a known legacy tower"
+            )
     sub = commands.add_parser("to-llava", help="TinyLLaVA-HF -> transformers LlavaForConditionalGeneration")
     add_common(sub)
-    sub.add_argument("--allow-lossy", action="store_true",
-                     help="convert models LLaVA cannot represent exactly, and report the logit difference")
+    sub.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="convert models LLaVA cannot represent exactly, and report the logit difference",
+    )
     sub = commands.add_parser("from-llava", help="transformers LlavaForConditionalGeneration -> TinyLLaVA-HF")
     add_common(sub)
     return parser
@@ -56,12 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace):
     if args.command in ("factory", "legacy"):
         return convert_original(
-            args.command, args.src, args.dst, dtype=args.dtype, max_shard_size=args.max_shard_size,
-            tokenizer_dir=args.tokenizer, vision_config=getattr(args, "vision_config", None),
-            chat_template=args.chat_template, verify=not args.no_verify, atol=args.atol, source_repo=args.source_repo,
+            args.command,
+            args.src,
+            args.dst,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            tokenizer_dir=args.tokenizer,
+            vision_config=getattr(args, "vision_config", None),
+            chat_template=args.chat_template,
+            verify=not args.no_verify,
+            atol=args.atol,
+            source_repo=args.source_repo,
         )
     if args.command == "to-llava":
-        return to_llava(args.src, args.dst, allow_lossy=args.allow_lossy, dtype=args.dtype, source_repo=args.source_repo)
+        return to_llava(
+            args.src, args.dst, allow_lossy=args.allow_lossy, dtype=args.dtype, source_repo=args.source_repo
+        )
     return from_llava(args.src, args.dst, dtype=args.dtype, source_repo=args.source_repo)
 
 

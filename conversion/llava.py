@@ -123,7 +123,8 @@ def to_llava(
     reasons = lossy_reasons(model, processor)
     if reasons and not allow_lossy:
         raise ConversionError(
-            f"{src} cannot be represented exactly as LLaVA:\n" + "\n".join(f"  - {r}" for r in reasons)
+            f"{src} cannot be represented exactly as LLaVA:\n"
+            + "\n".join(f"  - {r}" for r in reasons)
             + "\nPass --allow-lossy to convert anyway; the logit difference is then measured and reported."
         )
     prepare_output_dir(src, dst)
@@ -148,7 +149,9 @@ def to_llava(
     if model.lm_head.bias is None:
         llava.lm_head = model.lm_head
     else:
-        llava.lm_head = torch.nn.Linear(*reversed(model.lm_head.weight.shape), bias=False, dtype=model.lm_head.weight.dtype)
+        llava.lm_head = torch.nn.Linear(
+            *reversed(model.lm_head.weight.shape), bias=False, dtype=model.lm_head.weight.dtype
+        )
         llava.lm_head.weight = model.lm_head.weight
     llava.tie_weights()
     llava.generation_config = model.generation_config

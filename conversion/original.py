@@ -221,8 +221,14 @@ def convert_original(
         written = write_sharded_safetensors(dst, outputs, parse_size(max_shard_size))
     finally:
         reader.close()
-    logger.info("Wrote %d tensors to %s (%s); ignored %d: %s", len(outputs), dst, ", ".join(written),
-                len(plan.ignored), plan.ignored)
+    logger.info(
+        "Wrote %d tensors to %s (%s); ignored %d: %s",
+        len(outputs),
+        dst,
+        ", ".join(written),
+        len(plan.ignored),
+        plan.ignored,
+    )
 
     image_processor = load_image_processor(src, config.vision_config, notes)
     processor = build_processor(tokenizer, image_processor, config, original.image_aspect_ratio, chat_template)

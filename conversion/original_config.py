@@ -34,15 +34,35 @@ LEGACY_ARCHITECTURES = {
 STABLELM_EPOCH_FIELDS = {"rope_pct": "partial_rotary_factor", "norm_eps": "layer_norm_eps"}
 # Fields of a legacy config that belong to LLaVA, not to the LLM.
 LEGACY_LLAVA_FIELDS = {
-    "architectures", "model_type", "auto_map", "image_aspect_ratio", "image_grid_pinpoints", "pad_token",
-    "tokenizer_model_max_length", "tokenizer_padding_side", "use_mm_proj", "tune_mm_mlp_adapter",
-    "freeze_mm_mlp_adapter", "tune_mm_vision_resampler", "unfreeze_mm_vision_tower", "transformers_version",
-    "torch_dtype", "dtype", "_name_or_path", "tokenizer_name_or_path",
+    "architectures",
+    "model_type",
+    "auto_map",
+    "image_aspect_ratio",
+    "image_grid_pinpoints",
+    "pad_token",
+    "tokenizer_model_max_length",
+    "tokenizer_padding_side",
+    "use_mm_proj",
+    "tune_mm_mlp_adapter",
+    "freeze_mm_mlp_adapter",
+    "tune_mm_vision_resampler",
+    "unfreeze_mm_vision_tower",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+    "tokenizer_name_or_path",
 }
 # Legacy SigLIP towers are google/siglip-so400m-patch14-384 (reference §6.2) with its last layer and head deleted.
 SO400M_VISION_CONFIG = {
-    "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16,
-    "patch_size": 14, "image_size": 384, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 384,
+    "hidden_act": "gelu_pytorch_tanh",
+    "layer_norm_eps": 1e-6,
 }
 
 
@@ -125,7 +145,9 @@ def describe_factory(config: dict, config_path: Path) -> OriginalModel:
         )
     strategy = config.get("vision_feature_select_strategy", "patch")
     if strategy not in SELECT_STRATEGIES:
-        raise ConversionError(f"vision_feature_select_strategy {strategy!r} in {config_path} is not 'patch' or 'cls_patch'.")
+        raise ConversionError(
+            f"vision_feature_select_strategy {strategy!r} in {config_path} is not 'patch' or 'cls_patch'."
+        )
     config_kwargs = {k: config[k] for k in ("num_queries", "num_resampler_layers") if config.get(k) is not None}
     return OriginalModel(
         format="factory",
@@ -150,7 +172,9 @@ def _legacy_vision_config(config: dict, config_path: Path, vision_keys: list[str
         vision_dict = vision_dict.get("vision_config", vision_dict)
         vision_type = vision_dict.get("model_type", "siglip_vision_model")
         if not vision_type.startswith("siglip"):
-            raise ConversionError(f"--vision-config {override_path}: legacy checkpoints have SigLIP towers, got {vision_type!r}.")
+            raise ConversionError(
+                f"--vision-config {override_path}: legacy checkpoints have SigLIP towers, got {vision_type!r}."
+            )
         vision_config = _sub_config(vision_dict, "siglip_vision_model")
     elif "siglip" in (config.get("mm_vision_tower") or "").lower():
         vision_config = SiglipVisionConfig(**SO400M_VISION_CONFIG)
@@ -162,7 +186,9 @@ def _legacy_vision_config(config: dict, config_path: Path, vision_keys: list[str
         )
     layers = {int(m.group(1)) for key in vision_keys if (m := re.search(r"encoder\.layers\.(\d+)\.", key))}
     if layers and len(layers) != vision_config.num_hidden_layers:
-        notes.append(f"vision tower: {len(layers)} of {vision_config.num_hidden_layers} layers kept, as the legacy tower did")
+        notes.append(
+            f"vision tower: {len(layers)} of {vision_config.num_hidden_layers} layers kept, as the legacy tower did"
+        )
         vision_config.num_hidden_layers = len(layers)
     vision_config.vision_use_head = any(".head." in key for key in vision_keys)
     return vision_config, notes

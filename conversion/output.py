@@ -6,7 +6,7 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-import model_cards
+from tinyllava_hf import model_cards
 
 from .errors import ConversionError
 

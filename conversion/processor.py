@@ -41,8 +41,11 @@ def default_image_processor(vision_config: PreTrainedConfig):
         return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     # facebook/dinov2-*: resize the short side to 256, centre crop 224, ImageNet statistics
     return BitImageProcessorPil(
-        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True,
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        do_convert_rgb=True,
     )
 
 

@@ -35,8 +35,15 @@ def placeholder_repo_id(checkpoint_dir: Path) -> str:
 
 # Display names of model families (config model_type); others are shown as they are.
 FAMILY_NAMES = {
-    "siglip_vision_model": "SigLIP", "clip_vision_model": "CLIP", "dinov2": "DINOv2", "llama": "Llama",
-    "qwen2": "Qwen2", "phi": "Phi", "phi3": "Phi-3", "gemma": "Gemma", "stablelm": "StableLM",
+    "siglip_vision_model": "SigLIP",
+    "clip_vision_model": "CLIP",
+    "dinov2": "DINOv2",
+    "llama": "Llama",
+    "qwen2": "Qwen2",
+    "phi": "Phi",
+    "phi3": "Phi-3",
+    "gemma": "Gemma",
+    "stablelm": "StableLM",
 }
 
 
@@ -78,10 +85,14 @@ def stage_start(stage: Stage) -> str:
 def conversion_origin(conversion_format: str, native_llava: bool) -> str:
     """What kind of checkpoint a conversion started from (`conversion.json`'s format is the same both ways for LLaVA)."""
     if conversion_format == "llava":
-        return "a TinyLLaVA-HF checkpoint exported to transformers' LLaVA" if native_llava else (
-            "a transformers LLaVA checkpoint")
+        return (
+            "a TinyLLaVA-HF checkpoint exported to transformers' LLaVA"
+            if native_llava
+            else ("a transformers LLaVA checkpoint")
+        )
     return {"factory": "an original TinyLLaVA Factory checkpoint", "legacy": "a legacy TinyLLaVABench checkpoint"}.get(
-        conversion_format, f"a {conversion_format!r} checkpoint")
+        conversion_format, f"a {conversion_format!r} checkpoint"
+    )
 
 
 def cell(value) -> str:
@@ -108,8 +119,14 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(
-        family=family, human=human, model_link=model_link, dataset_link=dataset_link, stage_start=stage_start,
-        cell=cell, loss=loss, metric=metric,
+        family=family,
+        human=human,
+        model_link=model_link,
+        dataset_link=dataset_link,
+        stage_start=stage_start,
+        cell=cell,
+        loss=loss,
+        metric=metric,
     )
     return env
 
@@ -150,24 +167,28 @@ def render_model_card(
         language=language or previous.get("language"),
     )
     native_llava = arch.model_type == LLAVA_MODEL_TYPE
-    content = environment().get_template(CARD_TEMPLATE).render(
-        card_data=card_data.to_yaml(),
-        model_name=card_data.model_name,
-        repo_id=repo_id,
-        dir_name=checkpoint_dir.resolve().name,
-        license=card_data.license,
-        base_models=card_data.base_model or [],
-        arch=arch,
-        params=arch.parameters,
-        native_llava=native_llava,
-        remote_code_kwarg="" if native_llava else ", trust_remote_code=True",
-        llava_blockers=arch.llava_blockers,
-        stages=stages,
-        trainer=read_trainer_state(checkpoint_dir),
-        loss_curves=loss_curves(checkpoint_dir),
-        conversion=conversion,
-        conversion_origin=conversion and conversion_origin(conversion.format, native_llava),
-        eval_results=eval_results,
+    content = (
+        environment()
+        .get_template(CARD_TEMPLATE)
+        .render(
+            card_data=card_data.to_yaml(),
+            model_name=card_data.model_name,
+            repo_id=repo_id,
+            dir_name=checkpoint_dir.resolve().name,
+            license=card_data.license,
+            base_models=card_data.base_model or [],
+            arch=arch,
+            params=arch.parameters,
+            native_llava=native_llava,
+            remote_code_kwarg="" if native_llava else ", trust_remote_code=True",
+            llava_blockers=arch.llava_blockers,
+            stages=stages,
+            trainer=read_trainer_state(checkpoint_dir),
+            loss_curves=loss_curves(checkpoint_dir),
+            conversion=conversion,
+            conversion_origin=conversion and conversion_origin(conversion.format, native_llava),
+            eval_results=eval_results,
+        )
     )
     return ModelCard(content)
 

@@ -77,8 +77,9 @@ def count_parameters(files: list[Path]) -> dict[str, int]:
                 counts[part] = counts.get(part, 0) + numel
                 counts["total"] += numel
     if unknown_keys:
-        logger.warning("%d weight keys belong to no known part (e.g. %s); counted as 'other'.", len(unknown_keys),
-                       unknown_keys[0])
+        logger.warning(
+            "%d weight keys belong to no known part (e.g. %s); counted as 'other'.", len(unknown_keys), unknown_keys[0]
+        )
     return counts
 
 

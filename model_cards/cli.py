@@ -15,11 +15,15 @@ def card_main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("checkpoint_dir", metavar="DIR", help="a saved TinyLLaVA or LLaVA model directory")
     parser.add_argument(
-        "--eval-results", nargs="+", default=[], metavar="FILE",
+        "--eval-results",
+        nargs="+",
+        default=[],
+        metavar="FILE",
         help="tinyllava-eval summary JSON files to merge into DIR/eval_results.json first",
     )
-    parser.add_argument("--repo-id", help="Hub repo id the usage snippets load (default: a placeholder that "
-                                          "tinyllava-push fills in)")
+    parser.add_argument(
+        "--repo-id", help="Hub repo id the usage snippets load (default: a placeholder that tinyllava-push fills in)"
+    )
     parser.add_argument("--license", help="Hub license id (default: the existing card's, else apache-2.0)")
     parser.add_argument("--language", nargs="+", help="language codes (default: the existing card's, else en)")
     args = parser.parse_args(argv)
@@ -27,8 +31,7 @@ def card_main(argv: list[str] | None = None) -> None:
     try:
         if args.eval_results:
             merge_eval_results(args.checkpoint_dir, args.eval_results)
-        path = write_model_card(args.checkpoint_dir, repo_id=args.repo_id, license=args.license,
-                                language=args.language)
+        path = write_model_card(args.checkpoint_dir, repo_id=args.repo_id, license=args.license, language=args.language)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"tinyllava-card: error: {error}")
     print(path)
@@ -42,7 +45,9 @@ def push_main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint_dir", metavar="DIR")
     parser.add_argument("repo_id", metavar="REPO_ID", help="e.g. your-name/TinyLLaVA-Qwen2-0.5B-SigLIP")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--dry-run", metavar="OUT", help="copy exactly what would be uploaded into OUT; no token needed")
+    parser.add_argument(
+        "--dry-run", metavar="OUT", help="copy exactly what would be uploaded into OUT; no token needed"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -22,8 +22,15 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Training leftovers that are not part of the model (intermediate checkpoints, optimizer and RNG states, logs).
 EXCLUDED_PATTERNS = (
-    "checkpoint-*", "runs", "optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", "training_args.bin",
-    "__pycache__", ".*",
+    "checkpoint-*",
+    "runs",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state*.pth",
+    "scaler.pt",
+    "training_args.bin",
+    "__pycache__",
+    ".*",
 )
 REQUIRED_CARD_METADATA = ("pipeline_tag", "library_name", "license")
 
@@ -43,7 +50,8 @@ def _lora_stage_leftover(checkpoint_dir: Path, relative_dir: Path) -> str | None
         return "the untrained model the LoRA stage started from"
     if relative_dir == Path("adapter"):
         base = (read_optional_json(checkpoint_dir / "adapter" / "adapter_config.json") or {}).get(
-            "base_model_name_or_path")
+            "base_model_name_or_path"
+        )
         if not hub_id(base):
             return f"its base {base!r} is not a Hub repo, so nobody else could load it (the merged model is uploaded)"
     return None
@@ -95,11 +103,16 @@ def missing_files(checkpoint_dir: Path) -> list[str]:
     config = read_json(config_path)
     if config.get("model_type") != LLAVA_MODEL_TYPE:
         processor_config = read_optional_json(checkpoint_dir / "processor_config.json") or {}
-        modules = remote_code_files(config.get("auto_map", {})) | remote_code_files(processor_config.get("auto_map", {}))
+        modules = remote_code_files(config.get("auto_map", {})) | remote_code_files(
+            processor_config.get("auto_map", {})
+        )
         if not config.get("auto_map"):
             missing.append("remote code: config.json has no auto_map")
-        missing += [f"{name} (remote code named in auto_map)" for name in sorted(modules)
-                    if not (checkpoint_dir / name).is_file()]
+        missing += [
+            f"{name} (remote code named in auto_map)"
+            for name in sorted(modules)
+            if not (checkpoint_dir / name).is_file()
+        ]
     if not (checkpoint_dir / "README.md").is_file():
         missing.append(f"README.md (write it with `tinyllava-card {checkpoint_dir}`)")
     return missing
@@ -126,11 +139,15 @@ def check_card(checkpoint_dir: Path, text: str) -> None:
         raise PublishError(f"README.md: the card metadata does not parse: {error}") from error
     absent = [key for key in REQUIRED_CARD_METADATA if not card.data.get(key)]
     if absent:
-        raise PublishError(f"README.md: the card metadata lacks {', '.join(absent)}; regenerate it with tinyllava-card.")
+        raise PublishError(
+            f"README.md: the card metadata lacks {', '.join(absent)}; regenerate it with tinyllava-card."
+        )
     eval_path = checkpoint_dir / EVAL_RESULTS_FILE
     if eval_path.is_file() and load_results(eval_path) and not card.data.eval_results:
-        raise PublishError(f"README.md has no evaluation results but {EVAL_RESULTS_FILE} has; the card is older than "
-                           f"the results. Regenerate it with `tinyllava-card {checkpoint_dir}`.")
+        raise PublishError(
+            f"README.md has no evaluation results but {EVAL_RESULTS_FILE} has; the card is older than "
+            f"the results. Regenerate it with `tinyllava-card {checkpoint_dir}`."
+        )
 
 
 def check_loads(checkpoint_dir: Path, trust_remote_code: bool) -> str:
@@ -140,8 +157,13 @@ def check_loads(checkpoint_dir: Path, trust_remote_code: bool) -> str:
     Raises:
         PublishError: with the end of the subprocess's output.
     """
-    command = [sys.executable, str(Path(__file__).with_name("load_check.py")), str(checkpoint_dir.resolve()),
-               "--hide", str(REPO_ROOT)]
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("load_check.py")),
+        str(checkpoint_dir.resolve()),
+        "--hide",
+        str(REPO_ROOT),
+    ]
     if trust_remote_code:
         command.append("--trust-remote-code")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
@@ -153,7 +175,9 @@ def check_loads(checkpoint_dir: Path, trust_remote_code: bool) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-def push(checkpoint_dir: str | Path, repo_id: str, private: bool = False, dry_run: str | Path | None = None) -> list[str]:
+def push(
+    checkpoint_dir: str | Path, repo_id: str, private: bool = False, dry_run: str | Path | None = None
+) -> list[str]:
     """Validates a checkpoint directory, then uploads it to `repo_id` (or, with `dry_run`, copies what would be
     uploaded into that directory).
 

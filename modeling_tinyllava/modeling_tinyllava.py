@@ -6,7 +6,7 @@ the `<image>` placeholder positions of the LM input; `TinyLlavaForConditionalGen
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_tinyllava import MLP_CONNECTOR_PATTERN, TinyLlavaConfig, validate_connector_type
@@ -343,7 +343,9 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         if config.lm_head_bias and lm_head.bias is None:
             raise ValueError(f"{llm} has an LM head without bias, but lm_head_bias=True was requested.")
         model.lm_head = lm_head
-        model.model.connector = build_connector(config).to(dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        model.model.connector = build_connector(config).to(
+            dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        )
         model.model.connector.apply(model._init_weights)
         model.config.dtype = model.model.language_model.dtype
         if len(tokenizer) > config.text_config.vocab_size:
@@ -354,4 +356,4 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         return model.eval()
 
 
-__all__ = ["TinyLlavaModel", "TinyLlavaPreTrainedModel", "TinyLlavaForConditionalGeneration"]
+__all__ = ["TinyLlavaForConditionalGeneration", "TinyLlavaModel", "TinyLlavaPreTrainedModel"]

@@ -44,9 +44,7 @@ _CONVERSATION_TEMPLATE = (
     "| map(attribute='text') | join('') -%}{%- endif -%}"
     "{%- endif -%}"
     "{{- ns.system + ' ' -}}"
-    "{%- for message in messages[ns.start:] -%}"
-    + _READ_MESSAGE
-    + "{%- if message['role'] == 'user' -%}"
+    "{%- for message in messages[ns.start:] -%}" + _READ_MESSAGE + "{%- if message['role'] == 'user' -%}"
     "{%- if num_images > 0 -%}{%- set text = '<image>\\n' * num_images + text | trim -%}{%- endif -%}"
     "{{- 'USER: ' + text + ' ' -}}"
     "{%- elif message['role'] == 'assistant' -%}"
@@ -291,7 +289,9 @@ class TinyLlavaProcessor(ProcessorMixin):
         elif chat_template in CHAT_TEMPLATES:
             chat_template = CHAT_TEMPLATES[chat_template]
         elif "{" not in chat_template:
-            raise ValueError(f"Unknown chat template {chat_template!r}; expected one of {sorted(CHAT_TEMPLATES)}, 'llm' or Jinja.")
+            raise ValueError(
+                f"Unknown chat template {chat_template!r}; expected one of {sorted(CHAT_TEMPLATES)}, 'llm' or Jinja."
+            )
         return cls(
             image_processor=image_processor,
             tokenizer=tokenizer,
@@ -301,4 +301,4 @@ class TinyLlavaProcessor(ProcessorMixin):
         )
 
 
-__all__ = ["TinyLlavaProcessor", "CHAT_TEMPLATES"]
+__all__ = ["CHAT_TEMPLATES", "TinyLlavaProcessor"]

@@ -6,10 +6,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import (  # noqa: E402
+import pytest
+import torch
+from PIL import Image
+from transformers import (
     AutoModelForCausalLM,
     BitImageProcessorPil,
     CLIPImageProcessorPil,
@@ -27,8 +27,8 @@ from transformers import (  # noqa: E402
     StableLmConfig,
 )
 
-from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor  # noqa: E402
-from training.demo.components import build_tokenizer as build_bpe_tokenizer  # noqa: E402
+from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.training.demo.components import build_tokenizer as build_bpe_tokenizer
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "<pad>"]
 CORPUS = [
@@ -43,29 +43,62 @@ CORPUS = [
 
 TEXT_CONFIGS = {
     "llama": lambda vocab: LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
     ),
     "phi": lambda vocab: PhiConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
         max_position_embeddings=256,
     ),
     "qwen2": lambda vocab: Qwen2Config(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
     ),
     "stablelm": lambda vocab: StableLmConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     ),
     "gemma": lambda vocab: GemmaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
     ),
 }
 LLM_FAMILIES = tuple(TEXT_CONFIGS)
 
-_VISION_KWARGS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, patch_size=8)
+_VISION_KWARGS = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "patch_size": 8,
+}
 VISION_TOWERS = {
     "siglip": (
         lambda: SiglipVisionModel(SiglipVisionConfig(image_size=32, **_VISION_KWARGS)),
@@ -111,7 +144,9 @@ def assemble(components_dir, family="llama", vision="siglip", chat_template=None
         llm=str(components_dir / family), vision_tower=str(components_dir / vision), **config_kwargs
     )
     processor = TinyLlavaProcessor.from_pretrained_components(
-        llm=str(components_dir / family), vision_tower=str(components_dir / vision), chat_template=chat_template,
+        llm=str(components_dir / family),
+        vision_tower=str(components_dir / vision),
+        chat_template=chat_template,
         **config_kwargs,
     )
     return model, processor

@@ -15,8 +15,10 @@ def component_parts(components_dir: Path, family: str, vision: str, connector_se
     generator = torch.Generator().manual_seed(connector_seed)
     v, h = tower.config.hidden_size, llm.config.hidden_size
     connector = {
-        "0.weight": torch.randn(h, v, generator=generator) / v**0.5, "0.bias": 0.1 * torch.randn(h, generator=generator),
-        "2.weight": torch.randn(h, h, generator=generator) / h**0.5, "2.bias": 0.1 * torch.randn(h, generator=generator),
+        "0.weight": torch.randn(h, v, generator=generator) / v**0.5,
+        "0.bias": 0.1 * torch.randn(h, generator=generator),
+        "2.weight": torch.randn(h, h, generator=generator) / h**0.5,
+        "2.bias": 0.1 * torch.randn(h, generator=generator),
     }
     llm_state = dict(llm.state_dict())
     if llm.config.tie_word_embeddings:
@@ -40,7 +42,11 @@ def factory_config(llm_config, vision_config, family: str, vision: str, **overri
         "tokenizer_padding_side": "right",
         "image_token_index": -200,
         "text_config": llm_config.to_dict(),
-        "vision_config": {**vision_config.to_dict(), "model_name_or_path": f"local/{vision}", "model_name_or_path2": ""},
+        "vision_config": {
+            **vision_config.to_dict(),
+            "model_name_or_path": f"local/{vision}",
+            "model_name_or_path2": "",
+        },
     }
     return {**config, **overrides}
 
@@ -55,7 +61,12 @@ def save_state_dict(state: dict, path: Path) -> None:
 
 
 def write_factory_checkpoint(
-    components_dir: Path, out: Path, family="llama", vision="siglip", weights="model.safetensors", split=False,
+    components_dir: Path,
+    out: Path,
+    family="llama",
+    vision="siglip",
+    weights="model.safetensors",
+    split=False,
     **config_overrides,
 ) -> dict[str, torch.Tensor]:
     """A TinyLLaVA Factory checkpoint dir (full save, or with `split` the pretrain layout). Returns its state dict."""
@@ -91,10 +102,18 @@ def write_legacy_checkpoint(components_dir: Path, out: Path, family="phi") -> di
     save_state_dict(state, out / "model.safetensors")
     architecture = {"phi": "TinyLlavaPhiForCausalLM", "llama": "TinyLlavaLlamaForCausalLM"}[family]
     config = {
-        **llm_config.to_dict(), "architectures": [architecture], "model_type": f"tiny_llava_{family}",
-        "mm_vision_tower": "bczhou/TinyLLaVA-1.5B-SigLIP", "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": 32,
-        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "image_aspect_ratio": "pad",
-        "tokenizer_model_max_length": 128, "tokenizer_padding_side": "right", "use_mm_proj": True,
+        **llm_config.to_dict(),
+        "architectures": [architecture],
+        "model_type": f"tiny_llava_{family}",
+        "mm_vision_tower": "bczhou/TinyLLaVA-1.5B-SigLIP",
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_hidden_size": 32,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "image_aspect_ratio": "pad",
+        "tokenizer_model_max_length": 128,
+        "tokenizer_padding_side": "right",
+        "use_mm_proj": True,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2))
     vision_config.save_pretrained(out / "vision_tower_config")

@@ -11,10 +11,10 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 from transformers import AutoModel, AutoModelForCausalLM
 
-from conversion import ConversionError, convert_original
-from conversion.cli import main
-from conversion.keymap import FACTORY, LEGACY
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.conversion import ConversionError, convert_original
+from tinyllava_hf.conversion.cli import main
+from tinyllava_hf.conversion.keymap import FACTORY, LEGACY
 
 
 def load(dst):
@@ -36,7 +36,7 @@ def assert_text_logits_match_llm(model, components_dir, family, source_state):
     """Text-only logits equal the source LLM's own (the HF causal LM holding the source's `language_model.*`)."""
     llm = AutoModelForCausalLM.from_pretrained(components_dir / family, dtype=torch.float32).eval()
     prefix = "language_model."
-    llm.load_state_dict({k[len(prefix):]: v for k, v in source_state.items() if k.startswith(prefix)}, strict=False)
+    llm.load_state_dict({k[len(prefix) :]: v for k, v in source_state.items() if k.startswith(prefix)}, strict=False)
     ids = torch.tensor([[5, 17, 42, 99, 3, 7]])
     expected = llm(ids).logits
     torch.testing.assert_close(model(input_ids=ids).logits[..., : expected.shape[-1]], expected, atol=1e-5, rtol=0)
@@ -44,7 +44,11 @@ def assert_text_logits_match_llm(model, components_dir, family, source_state):
 
 @pytest.mark.parametrize(
     "family, vision, weights",
-    [("llama", "clip", "model.safetensors"), ("phi", "siglip", "pytorch_model.bin"), ("stablelm", "dinov2", "model.safetensors")],
+    [
+        ("llama", "clip", "model.safetensors"),
+        ("phi", "siglip", "pytorch_model.bin"),
+        ("stablelm", "dinov2", "model.safetensors"),
+    ],
 )
 def test_factory_full_save(components_dir, tmp_path, family, vision, weights):
     source = write_factory_checkpoint(components_dir, tmp_path / "src", family, vision, weights=weights)
@@ -78,8 +82,12 @@ def test_factory_split_pretrain_layout_and_sharded_bf16_output(components_dir, t
     rows = model.config.text_config.vocab_size - 1
     for key, tensor in source.items():
         converted = model.state_dict()[FACTORY.rename(key)]
-        torch.testing.assert_close(converted[: tensor.shape[0]] if converted.shape != tensor.shape else converted,
-                                   tensor.to(torch.bfloat16), atol=0, rtol=0)
+        torch.testing.assert_close(
+            converted[: tensor.shape[0]] if converted.shape != tensor.shape else converted,
+            tensor.to(torch.bfloat16),
+            atol=0,
+            rtol=0,
+        )
     assert rows == len(TinyLlavaProcessor.from_pretrained(tmp_path / "dst").tokenizer) - 1
     assert result.max_abs_logit_diff <= 1e-4
 
@@ -137,7 +145,10 @@ def test_missing_unexpected_and_misshapen_keys_are_listed(components_dir, tmp_pa
     with pytest.raises(ConversionError) as error:
         convert_original("factory", tmp_path / "src", tmp_path / "dst")
     message = str(error.value)
-    assert "model.language_model.norm.weight" in message and "Missing keys, needed by the model (1):\n  model.language_model.norm.weight" in message
+    assert (
+        "model.language_model.norm.weight" in message
+        and "Missing keys, needed by the model (1):\n  model.language_model.norm.weight" in message
+    )
     assert "stray.tensor" in message and "connector._connector.9.weight -> model.connector.9.weight" in message
     assert "connector._connector.0.bias -> model.connector.0.bias: checkpoint [7], model [32]" in message
     assert not (tmp_path / "dst" / "model.safetensors").exists()  # nothing written before the check passes

@@ -7,8 +7,8 @@ import torch
 from conftest import assemble, make_image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
 
-from conversion import ConversionError, from_llava, to_llava
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.conversion import ConversionError, from_llava, to_llava
 
 
 def save(model, processor, path):
@@ -49,8 +49,15 @@ def test_round_trip_is_exact(components_dir, tmp_path, family, vision):
     original_state, back_state = model.state_dict(), back.state_dict()
     assert original_state.keys() == back_state.keys()
     assert all(torch.equal(original_state[key], back_state[key]) for key in original_state)
-    for field in ("connector_type", "vision_feature_layer", "vision_feature_select_strategy", "image_token_id",
-                  "tie_word_embeddings", "lm_head_bias", "image_features_scale"):
+    for field in (
+        "connector_type",
+        "vision_feature_layer",
+        "vision_feature_select_strategy",
+        "image_token_id",
+        "tie_word_embeddings",
+        "lm_head_bias",
+        "image_features_scale",
+    ):
         assert getattr(back.config, field) == getattr(model.config, field), field
     assert back.config.text_config.to_dict() == model.config.text_config.to_dict()
     assert back_processor.num_image_tokens == processor.num_image_tokens

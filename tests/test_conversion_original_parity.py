@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conversion import convert_original
 from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.conversion import convert_original
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
 pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.pt").is_file(), reason=f"original fixture absent: {FIXTURE}")
@@ -101,7 +101,8 @@ def test_pixel_values_square_and_pad(reference, converted, image):
     processor = converted[2]
     square = processor.image_processor(image, return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(
-        processor(text="<image>", images=image, return_tensors="pt")["pixel_values"][0], reference["pixel_values_square"]
+        processor(text="<image>", images=image, return_tensors="pt")["pixel_values"][0],
+        reference["pixel_values_square"],
     )
     pad = TinyLlavaProcessor.from_pretrained(converted[0].output_dir, image_aspect_ratio="pad")
     torch.testing.assert_close(
@@ -123,12 +124,17 @@ def test_vision_features_and_connector(reference, converted):
 @torch.no_grad()
 @pytest.mark.parametrize(
     "turns, ids_key, logits_key",
-    [([(Q1, None)], "eval_input_ids", "eval_logits"), ([(Q1, A1), (Q2, None)], "eval_multi_input_ids", "eval_multi_logits")],
+    [
+        ([(Q1, None)], "eval_input_ids", "eval_logits"),
+        ([(Q1, A1), (Q2, None)], "eval_multi_input_ids", "eval_multi_logits"),
+    ],
 )
 def test_eval_logits(reference, converted, image, turns, ids_key, logits_key):
     _, model, processor = converted
     _, inputs = model_inputs(processor, image, turns)
-    assert collapse_image_runs(inputs["input_ids"][0].tolist(), processor.image_token_id) == reference[ids_key][0].tolist()
+    assert (
+        collapse_image_runs(inputs["input_ids"][0].tolist(), processor.image_token_id) == reference[ids_key][0].tolist()
+    )
     logits = model(**inputs).logits[..., :VOCAB]
     assert logits.shape == reference[logits_key].shape
     assert (logits - reference[logits_key]).abs().max().item() <= ATOL
@@ -138,14 +144,22 @@ def test_eval_logits(reference, converted, image, turns, ids_key, logits_key):
 def test_training_loss_and_labels(reference, converted, image):
     _, model, processor = converted
     inputs = processor.apply_chat_template(
-        messages([(Q1, A1), (Q2, A2)]), images=[image], tokenize=True, return_dict=True,
-        return_assistant_tokens_mask=True, return_tensors="pt",
+        messages([(Q1, A1), (Q2, A2)]),
+        images=[image],
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+        return_tensors="pt",
     )
     labels = torch.where(inputs["assistant_masks"].bool(), inputs["input_ids"], -100)
     original_labels = reference["train2_merged_labels"][0]
     assert labels[0].tolist() == original_labels.tolist()
-    output = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                   pixel_values=inputs["pixel_values"], labels=labels)
+    output = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        pixel_values=inputs["pixel_values"],
+        labels=labels,
+    )
     torch.testing.assert_close(output.logits[..., :VOCAB], reference["train2_logits"], atol=ATOL, rtol=0)
     # The original's loss is over its own vocabulary; the <image> row added by the conversion takes about 1/V of the
     # probability mass, so the full-vocabulary loss sits slightly above it.

@@ -6,18 +6,32 @@ from conftest import chat, make_image
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, SiglipVisionConfig
 
-from conversion import ConversionError
-from conversion.strict_load import load_strict
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.conversion import ConversionError
+from tinyllava_hf.conversion.strict_load import load_strict
 
 
 def untied_llama_with_pooling_head(directory):
     """A model whose SigLIP tower keeps its pooling head (as converted checkpoints do): an `nn.MultiheadAttention`."""
     config = TinyLlavaConfig(
-        text_config=LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
-        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, image_size=32, patch_size=16, vision_use_head=True),
+        text_config=LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=False,
+        ),
+        vision_config=SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=16,
+            vision_use_head=True,
+        ),
         image_token_id=63,
     )
     torch.manual_seed(0)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from conftest import assemble, make_image
 
-import evaluation.generation
-import evaluation.runner
-from evaluation.answers import AnswerFile
-from evaluation.cli import main
-from evaluation.generation import build_prompt, generate_answers, load_model
-from evaluation.question import Question
+import tinyllava_hf.evaluation.generation
+import tinyllava_hf.evaluation.runner
+from tinyllava_hf.evaluation.answers import AnswerFile
+from tinyllava_hf.evaluation.cli import main
+from tinyllava_hf.evaluation.generation import build_prompt, generate_answers, load_model
+from tinyllava_hf.evaluation.question import Question
 
 SHORT = "\nAnswer the question using a single word or phrase."
 OBJECTS = ["dog", "traffic light", "red square"]
@@ -95,7 +95,7 @@ def test_batched_answers_equal_one_by_one_answers(varied_model_dir, varied_quest
 
 
 def test_native_llava_export_gives_the_same_answers(varied_model_dir, varied_questions, tmp_path):
-    from conversion.cli import main as convert
+    from tinyllava_hf.conversion.cli import main as convert
 
     assert convert(["to-llava", str(varied_model_dir), str(tmp_path / "llava")]) == 0
     assert json.loads((tmp_path / "llava" / "config.json").read_text())["model_type"] == "llava"
@@ -111,7 +111,7 @@ def test_native_llava_export_gives_the_same_answers(varied_model_dir, varied_que
 
 
 def test_pope_end_to_end_resumes_an_interrupted_run(pope_data, saved_model_dir, monkeypatch, capsys):
-    real_generate_batch = evaluation.generation.generate_batch
+    real_generate_batch = tinyllava_hf.evaluation.generation.generate_batch
     calls = []
 
     def generate_batch(model, processor, inputs, max_new_tokens):
@@ -120,7 +120,7 @@ def test_pope_end_to_end_resumes_an_interrupted_run(pope_data, saved_model_dir, 
             raise RuntimeError("simulated crash")
         return real_generate_batch(model, processor, inputs, max_new_tokens)
 
-    monkeypatch.setattr(evaluation.generation, "generate_batch", generate_batch)
+    monkeypatch.setattr(tinyllava_hf.evaluation.generation, "generate_batch", generate_batch)
     answers_path = pope_data / "out" / "pope_answers.jsonl"
 
     fail_second_batch = True
@@ -151,13 +151,13 @@ def test_pope_end_to_end_resumes_an_interrupted_run(pope_data, saved_model_dir, 
     def no_model(*args, **kwargs):
         raise AssertionError("a finished run must not load the model again")
 
-    monkeypatch.setattr(evaluation.runner, "load_model", no_model)
+    monkeypatch.setattr(tinyllava_hf.evaluation.runner, "load_model", no_model)
     assert main(pope_args(pope_data, saved_model_dir, "--strict")) == 0  # rescoring only
     assert json.loads((pope_data / "out" / "pope_results.json").read_text())["mode"] == "strict"
 
 
 def test_summary_feeds_the_model_card(pope_data, saved_model_dir, tmp_path):
-    from model_cards.cli import card_main
+    from tinyllava_hf.model_cards.cli import card_main
 
     assert main(pope_args(pope_data, saved_model_dir, "--batch-size", "6")) == 0
     card_dir = tmp_path / "card"
@@ -171,7 +171,7 @@ def test_summary_feeds_the_model_card(pope_data, saved_model_dir, tmp_path):
 
 
 def test_missing_image_fails_before_loading_the_model(pope_data, saved_model_dir, monkeypatch, capsys):
-    monkeypatch.setattr(evaluation.runner, "load_model", pytest.fail)
+    monkeypatch.setattr(tinyllava_hf.evaluation.runner, "load_model", pytest.fail)
     (pope_data / "images" / "2.jpg").unlink()
     assert main(pope_args(pope_data, saved_model_dir)) == 2
     assert "2 image(s) not found" in capsys.readouterr().err and not (pope_data / "out" / "pope_answers.jsonl").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from evaluation.metrics import (
+from tinyllava_hf.evaluation.metrics import (
     gqa_accuracy,
     gqa_prediction,
     mme_scores,

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from evaluation.answers import AnswerFile
-from evaluation.cli import main
-from evaluation.errors import EvaluationError
-from evaluation.question import Question
+from tinyllava_hf.evaluation.answers import AnswerFile
+from tinyllava_hf.evaluation.cli import main
+from tinyllava_hf.evaluation.errors import EvaluationError
+from tinyllava_hf.evaluation.question import Question
 
 MODEL = "no-model-needed"  # every question is answered already, so the model is never loaded
 SHORT = "\nAnswer the question using a single word or phrase."

@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import torch
+from conftest import chat, make_image
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -16,7 +17,6 @@ from transformers import (
     pipeline,
 )
 
-from conftest import chat, make_image
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaModel, TinyLlavaProcessor
 
 REMOTE_CODE_FILES = {"configuration_tinyllava.py", "modeling_tinyllava.py", "processing_tinyllava.py"}
@@ -30,10 +30,26 @@ def _inputs(processor):
 
 def test_saved_dir_is_a_complete_hub_repo(saved_model_dir):
     files = set(os.listdir(saved_model_dir))
-    assert REMOTE_CODE_FILES | {"config.json", "model.safetensors", "generation_config.json", "processor_config.json",
-                                "tokenizer.json", "chat_template.jinja"} <= files
+    assert (
+        REMOTE_CODE_FILES
+        | {
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "processor_config.json",
+            "tokenizer.json",
+            "chat_template.jinja",
+        }
+        <= files
+    )
     auto_map = json.loads((saved_model_dir / "config.json").read_text())["auto_map"]
-    assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoProcessor"}
+    assert set(auto_map) == {
+        "AutoConfig",
+        "AutoModel",
+        "AutoModelForCausalLM",
+        "AutoModelForImageTextToText",
+        "AutoProcessor",
+    }
     for reference in auto_map.values():
         assert f"{reference.split('.')[0]}.py" in files
     processor_map = json.loads((saved_model_dir / "processor_config.json").read_text())["auto_map"]
@@ -77,18 +93,29 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_remote_code_loads_without_the_package_and_runs_the_pipeline(tiny_model_and_processor, saved_model_dir, tmp_path):
+def test_remote_code_loads_without_the_package_and_runs_the_pipeline(
+    tiny_model_and_processor, saved_model_dir, tmp_path
+):
     model, processor = tiny_model_and_processor
     messages = chat(image=make_image())
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-    torch.save({"messages": messages, "input_ids": inputs["input_ids"], "logits": model(**inputs).logits}, tmp_path / "ref.pt")
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    torch.save(
+        {"messages": messages, "input_ids": inputs["input_ids"], "logits": model(**inputs).logits}, tmp_path / "ref.pt"
+    )
     script = tmp_path / "load_remote.py"
     script.write_text(REMOTE_CODE_SCRIPT)
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, str(script), str(saved_model_dir), str(tmp_path / "ref.pt")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GENERATED" in result.stdout
@@ -101,6 +128,10 @@ def test_pipeline_with_chat_messages_batched_with_and_without_images(saved_model
     text_only = chat("What color is the square?")
     batched = pipe(text=[with_image, text_only, with_image], max_new_tokens=4, batch_size=3, return_full_text=False)
     alone = [pipe(text=messages, max_new_tokens=4, return_full_text=False)[0] for messages in (with_image, text_only)]
-    assert [out[0]["generated_text"] for out in batched] == [alone[0]["generated_text"], alone[1]["generated_text"], alone[0]["generated_text"]]
+    assert [out[0]["generated_text"] for out in batched] == [
+        alone[0]["generated_text"],
+        alone[1]["generated_text"],
+        alone[0]["generated_text"],
+    ]
     full = pipe(text=with_image, max_new_tokens=2)[0]["generated_text"]
     assert full[-1]["role"] == "assistant"

@@ -20,15 +20,20 @@ from transformers import (
     SiglipImageProcessorPil,
 )
 
-from model_cards import merge_eval_results, write_model_card
-from model_cards.card import placeholder_repo_id
-from model_cards.checkpoint import read_architecture
 from modeling_tinyllava import CHAT_TEMPLATES
+from tinyllava_hf.model_cards import merge_eval_results, write_model_card
+from tinyllava_hf.model_cards.card import placeholder_repo_id
+from tinyllava_hf.model_cards.checkpoint import read_architecture
 
 LLM_ID = "Qwen/Qwen2-0.5B"
 VISION_ID = "google/siglip-so400m-patch14-384"
-POPE = {"task": "pope", "dataset_name": "POPE", "dataset_type": "lmms-lab/POPE", "split": "test",
-        "metrics": {"accuracy": 0.85, "f1": 0.84}}
+POPE = {
+    "task": "pope",
+    "dataset_name": "POPE",
+    "dataset_type": "lmms-lab/POPE",
+    "split": "test",
+    "metrics": {"accuracy": 0.85, "f1": 0.84},
+}
 
 
 def write_json(path, data):
@@ -37,18 +42,45 @@ def write_json(path, data):
 
 def add_training_run(checkpoint_dir, pretrain_dir):
     """The files a two-stage run (pretrain from Hub components, then LoRA finetune) leaves in its output dir."""
-    write_json(checkpoint_dir / "tinyllava_run.json", {"stages": [
-        {"recipe": "pretrain", "llm": LLM_ID, "vision_tower": VISION_ID, "base_checkpoint": None,
-         "datasets": ["liuhaotian/LLaVA-Pretrain"], "hyperparameters": {"learning_rate": 1e-3, "tune": "connector"},
-         "steps": 2181, "final_loss": 2.5, "lora": False},
-        {"recipe": "finetune_lora", "llm": None, "vision_tower": None, "base_checkpoint": str(pretrain_dir),
-         "datasets": ["data/llava_v1_5_mix665k.json"], "hyperparameters": {"learning_rate": 2e-4, "lora_r": 128},
-         "steps": 5197, "final_loss": 1.25, "lora": True, "skipped_or_truncated_samples": {"truncated": 3}},
-    ]})
-    write_json(checkpoint_dir / "trainer_state.json", {
-        "global_step": 5197, "epoch": 1.0, "train_batch_size": 4,
-        "log_history": [{"loss": 1.5, "step": 10}, {"loss": 1.25, "step": 5190}, {"train_runtime": 812.5}],
-    })
+    write_json(
+        checkpoint_dir / "tinyllava_run.json",
+        {
+            "stages": [
+                {
+                    "recipe": "pretrain",
+                    "llm": LLM_ID,
+                    "vision_tower": VISION_ID,
+                    "base_checkpoint": None,
+                    "datasets": ["liuhaotian/LLaVA-Pretrain"],
+                    "hyperparameters": {"learning_rate": 1e-3, "tune": "connector"},
+                    "steps": 2181,
+                    "final_loss": 2.5,
+                    "lora": False,
+                },
+                {
+                    "recipe": "finetune_lora",
+                    "llm": None,
+                    "vision_tower": None,
+                    "base_checkpoint": str(pretrain_dir),
+                    "datasets": ["data/llava_v1_5_mix665k.json"],
+                    "hyperparameters": {"learning_rate": 2e-4, "lora_r": 128},
+                    "steps": 5197,
+                    "final_loss": 1.25,
+                    "lora": True,
+                    "skipped_or_truncated_samples": {"truncated": 3},
+                },
+            ]
+        },
+    )
+    write_json(
+        checkpoint_dir / "trainer_state.json",
+        {
+            "global_step": 5197,
+            "epoch": 1.0,
+            "train_batch_size": 4,
+            "log_history": [{"loss": 1.5, "step": 10}, {"loss": 1.25, "step": 5190}, {"train_runtime": 812.5}],
+        },
+    )
     Image.new("RGB", (8, 8), "white").save(checkpoint_dir / "loss_curve.png")
 
 
@@ -60,9 +92,17 @@ def run_snippets(card_text, placeholder, local_dir, cwd):
     """Runs each Python block of a card, as written but for the repo id, in a fresh offline interpreter."""
     blocks = [block.replace(placeholder, str(local_dir)) for block in python_blocks(card_text)]
     # One interpreter for all blocks (start-up is the slow part); each block gets its own namespace.
-    driver = "import sys\nfor block in sys.argv[1:]:\n    exec(compile(block, '<card>', 'exec'), {'__name__': '__main__'})\n"
-    result = subprocess.run([sys.executable, "-c", driver, *blocks], cwd=cwd, capture_output=True, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+    driver = (
+        "import sys\nfor block in sys.argv[1:]:\n    exec(compile(block, '<card>', 'exec'), {'__name__': '__main__'})\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", driver, *blocks],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return blocks
 
@@ -83,18 +123,25 @@ def native_llava_dir(components_dir, tmp_path_factory):
     text_config = AutoConfig.from_pretrained(components_dir / "qwen2")
     text_config.vocab_size = len(tokenizer)
     config = LlavaConfig(
-        vision_config=AutoConfig.from_pretrained(components_dir / "siglip"), text_config=text_config,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="full",
+        vision_config=AutoConfig.from_pretrained(components_dir / "siglip"),
+        text_config=text_config,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="full",
     )
     model = LlavaForConditionalGeneration(config)
     processor = LlavaProcessor(
-        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer, patch_size=8,
-        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATES["qwen2_base"],
+        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="full",
+        chat_template=CHAT_TEMPLATES["qwen2_base"],
     )
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    write_json(path / "conversion.json", {"source": "someone/TinyLLaVA-Qwen2-0.5B-SigLIP", "format": "llava",
-                                          "max_abs_logit_diff": 0.0, "lossy": False})
+    write_json(
+        path / "conversion.json",
+        {"source": "someone/TinyLLaVA-Qwen2-0.5B-SigLIP", "format": "llava", "max_abs_logit_diff": 0.0, "lossy": False},
+    )
     return path, model
 
 
@@ -115,7 +162,11 @@ def test_card_of_a_trained_checkpoint(checkpoint_copy, tmp_path):
     card = ModelCard.load(write_model_card(checkpoint_copy))
     data = card.data
     assert (data.pipeline_tag, data.library_name, data.license, data.language) == (
-        "image-text-to-text", "transformers", "apache-2.0", "en")
+        "image-text-to-text",
+        "transformers",
+        "apache-2.0",
+        "en",
+    )
     # The LoRA stage started from a local dir made by the pretrain stage, which started from two Hub models.
     assert data.base_model == [LLM_ID, VISION_ID]
     assert data.base_model_relation == "finetune"
@@ -185,8 +236,21 @@ def test_llava_blockers_are_explained(components_dir, tmp_path):
 
 def test_merge_eval_results_replaces_same_benchmark(checkpoint_copy, tmp_path):
     old, new = tmp_path / "old.json", tmp_path / "new.json"
-    write_json(old, {"results": [POPE, {**POPE, "task": "mme", "dataset_type": "lmms-lab/MME",
-                                        "dataset_name": "MME", "metrics": {"score": 1400.0}}]})
+    write_json(
+        old,
+        {
+            "results": [
+                POPE,
+                {
+                    **POPE,
+                    "task": "mme",
+                    "dataset_type": "lmms-lab/MME",
+                    "dataset_name": "MME",
+                    "metrics": {"score": 1400.0},
+                },
+            ]
+        },
+    )
     write_json(new, {"results": [{**POPE, "metrics": {"accuracy": 0.9}}]})
     merged = json.loads(merge_eval_results(checkpoint_copy, [old, new]).read_text())["results"]
     assert [(r["task"], r["metrics"]) for r in merged] == [("pope", {"accuracy": 0.9}), ("mme", {"score": 1400.0})]
@@ -222,7 +286,7 @@ def test_not_a_model_dir(tmp_path):
 
 
 def test_card_cli_merges_eval_results_and_regenerates(checkpoint_copy, tmp_path, capsys):
-    from model_cards.cli import card_main
+    from tinyllava_hf.model_cards.cli import card_main
 
     summary = tmp_path / "pope_summary.json"
     write_json(summary, {"results": [POPE]})

@@ -3,18 +3,25 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import huggingface_hub
 import pytest
 from huggingface_hub import HfApi, ModelCard
 
-from model_cards import PublishError, push, write_model_card
-from model_cards import publish as publish_module
-from model_cards.cli import push_main
+from tinyllava_hf.model_cards import PublishError, push, write_model_card
+from tinyllava_hf.model_cards import publish as publish_module
+from tinyllava_hf.model_cards.cli import push_main
 
 REPO_ID = "me/tiny-tinyllava"
-POPE = {"task": "pope", "dataset_name": "POPE", "dataset_type": "lmms-lab/POPE", "split": "test",
-        "metrics": {"accuracy": 0.85}}
+POPE = {
+    "task": "pope",
+    "dataset_name": "POPE",
+    "dataset_type": "lmms-lab/POPE",
+    "split": "test",
+    "metrics": {"accuracy": 0.85},
+}
 
 
 @pytest.fixture
@@ -46,7 +53,8 @@ def test_dry_run_writes_exactly_the_upload(publishable_dir, tmp_path, no_token):
     assert relative_files(out) == files
     assert "training_args.bin" not in files and not any(f.startswith("checkpoint-2") for f in files)
     assert {"config.json", "model.safetensors", "modeling_tinyllava.py", "processor_config.json", "README.md"} <= set(
-        files)
+        files
+    )
     for name in files:
         if name != "README.md":
             assert (out / name).read_bytes() == (publishable_dir / name).read_bytes(), name
@@ -63,7 +71,8 @@ def test_lora_stage_side_folders(publishable_dir, tmp_path, adapter_base):
     (tmp_path / "pretrain").mkdir()
     (publishable_dir / "adapter").mkdir()
     (publishable_dir / "adapter" / "adapter_config.json").write_text(
-        json.dumps({"peft_type": "LORA", "base_model_name_or_path": adapter_base}))
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": adapter_base})
+    )
     (publishable_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
     (publishable_dir / "base_model").mkdir()
     (publishable_dir / "base_model" / "model.safetensors").write_bytes(b"untrained")
@@ -80,8 +89,13 @@ def test_upload_uses_upload_folder_with_the_dry_run_file_list(publishable_dir, m
     calls = {}
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setattr(publish_module, "check_loads", lambda path, remote_code: "loaded (stubbed)")
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kwargs: calls.setdefault("create", (
-        repo_id, kwargs)) and f"https://huggingface.co/{repo_id}")
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kwargs: (
+            calls.setdefault("create", (repo_id, kwargs)) and f"https://huggingface.co/{repo_id}"
+        ),
+    )
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kwargs: calls.setdefault("upload", kwargs))
 
     files = push(publishable_dir, REPO_ID, private=True)
@@ -138,3 +152,31 @@ def test_push_cli_reports_errors_without_a_traceback(publishable_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         push_main([str(publishable_dir), "not a/valid/repo"])
     assert "tinyllava-push: error: Invalid repo id 'not a/valid/repo'" in str(exit_info.value)
+
+
+def test_load_check_hides_only_the_repository_packages(tmp_path):
+    # The layout of `python -m venv .venv` inside the checkout: site-packages lives under the repository root.
+    repo = tmp_path / "repo"
+    site_packages = repo / ".venv" / "lib" / "site-packages"
+    for package in (repo / "modeling_tinyllava", repo / "tinyllava_hf", site_packages / "third_party"):
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+    script = (
+        "import importlib.util, sys\n"
+        f"sys.path[:0] = [{str(repo)!r}, {str(site_packages)!r}]\n"
+        "from tinyllava_hf.model_cards.load_check import hide_repository\n"
+        "import pathlib\n"
+        f"hide_repository(pathlib.Path({str(repo)!r}))\n"
+        "import third_party\n"
+        "for name in ('modeling_tinyllava', 'tinyllava_hf.training'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ModuleNotFoundError as error:\n"
+        "        print('hidden', name, error.name)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hidden modeling_tinyllava modeling_tinyllava",
+        "hidden tinyllava_hf.training tinyllava_hf.training",
+    ]

@@ -5,14 +5,18 @@ import math
 
 import pytest
 import torch
-
 from conftest import LLM_FAMILIES, assemble, chat, make_image
+
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration
 
 
 def _inputs(processor, messages, **kwargs):
     return processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        messages,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"padding": True, **kwargs},
     )
 
@@ -50,7 +54,9 @@ def test_pretrained_components_keep_their_weights(components_dir):
     vision = SiglipVisionModel.from_pretrained(components_dir / "siglip")
     layer = model.model.language_model.layers[0].self_attn.q_proj.weight
     assert torch.equal(layer, llm.model.layers[0].self_attn.q_proj.weight)
-    assert torch.equal(model.model.vision_tower.embeddings.patch_embedding.weight, vision.embeddings.patch_embedding.weight)
+    assert torch.equal(
+        model.model.vision_tower.embeddings.patch_embedding.weight, vision.embeddings.patch_embedding.weight
+    )
     assert not hasattr(model.model.vision_tower, "head"), "SigLIP's unused pooling head should not be built"
     # The tokenizer gained <image>, so the embeddings grew by one row and kept the old ones.
     old = llm.get_input_embeddings().weight
@@ -75,7 +81,9 @@ def test_inputs_embeds_logits_to_keep_hidden_states_and_attentions(tiny_model_an
     last = model(**inputs, logits_to_keep=1)
     torch.testing.assert_close(last.logits, full.logits[:, -1:])
     embeds = model.model.merge_image_features(
-        inputs["input_ids"], model.get_input_embeddings()(inputs["input_ids"]), model.get_image_features(inputs["pixel_values"])
+        inputs["input_ids"],
+        model.get_input_embeddings()(inputs["input_ids"]),
+        model.get_image_features(inputs["pixel_values"]),
     )
     from_embeds = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
     torch.testing.assert_close(from_embeds.logits, full.logits)
@@ -140,7 +148,10 @@ def test_pixel_values_reach_the_model_only_on_prefill(tiny_model_and_processor):
 
 def test_left_padded_batch_generates_like_each_prompt_alone(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
-    conversations = [chat("Describe the picture.", image=make_image()), chat("How many circles are there? Is there a green triangle?", image=make_image(seed=1))]
+    conversations = [
+        chat("Describe the picture.", image=make_image()),
+        chat("How many circles are there? Is there a green triangle?", image=make_image(seed=1)),
+    ]
     batch = _inputs(processor, conversations)
     assert (batch["attention_mask"][:, 0] == 0).any(), "the shorter prompt must be left-padded"
     generated = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, -5:]
@@ -151,7 +162,16 @@ def test_left_padded_batch_generates_like_each_prompt_alone(tiny_model_and_proce
 
 def test_several_images_and_text_only_samples_share_a_batch(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
-    two_images = [{"role": "user", "content": [{"type": "image", "image": make_image()}, {"type": "image", "image": make_image(seed=2)}, {"type": "text", "text": "Compare."}]}]
+    two_images = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": make_image()},
+                {"type": "image", "image": make_image(seed=2)},
+                {"type": "text", "text": "Compare."},
+            ],
+        }
+    ]
     text_only = chat("What color is the square?")
     batch = _inputs(processor, [two_images, text_only])
     assert batch["pixel_values"].shape[0] == 2
@@ -186,7 +206,9 @@ def test_connectors_keep_the_original_parameter_layout(components_dir, connector
 
 
 def test_resampler_connector_outputs_num_queries_tokens(components_dir):
-    model, processor = assemble(components_dir, "llama", "siglip", connector_type="resampler", num_queries=4, num_resampler_layers=2)
+    model, processor = assemble(
+        components_dir, "llama", "siglip", connector_type="resampler", num_queries=4, num_resampler_layers=2
+    )
     keys = set(model.model.connector.state_dict())
     assert {"latents", "linear.weight", "layers.1.0.to_kv.weight", "layers.1.1.3.weight", "norm.weight"} <= keys
     inputs = _inputs(processor, chat(image=make_image()))
@@ -236,10 +258,25 @@ def test_unknown_connector_and_model_types_are_errors():
 
 def test_config_is_self_contained_and_builds_offline():
     config = TinyLlavaConfig(
-        text_config={"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "tie_word_embeddings": True},
-        vision_config={"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 16, "patch_size": 8},
+        text_config={
+            "model_type": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "vocab_size": 100,
+            "tie_word_embeddings": True,
+        },
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 16,
+            "patch_size": 8,
+        },
         image_token_id=99,
     )
     restored = TinyLlavaConfig.from_dict(config.to_dict())

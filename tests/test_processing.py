@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assemble, chat, make_image
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, SiglipImageProcessorPil
 
-from conftest import assemble, chat, make_image
 from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaProcessor
 from modeling_tinyllava.processing_tinyllava import add_image_token
 
@@ -36,7 +36,7 @@ def original_reference():
 def test_conversation_templates_render_the_original_strings(template, original_reference, tiny_model_and_processor):
     expected = original_reference["rendered_prompts"][template]
     tokenizer = tiny_model_and_processor[1].tokenizer
-    render = lambda messages, **kw: tokenizer.apply_chat_template(  # noqa: E731
+    render = lambda messages, **kw: tokenizer.apply_chat_template(
         messages, chat_template=CHAT_TEMPLATES[template], tokenize=False, **kw
     )
     assert render(_messages(Q1, A1, Q2, A2)) == expected["train_2turn"]
@@ -47,7 +47,9 @@ def test_conversation_templates_render_the_original_strings(template, original_r
 @needs_fixture
 def test_pretrain_template_renders_the_original_string(original_reference, tiny_model_and_processor):
     tokenizer = tiny_model_and_processor[1].tokenizer
-    rendered = tokenizer.apply_chat_template(_messages(Q1, A1, Q2, A2), chat_template=CHAT_TEMPLATES["pretrain"], tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        _messages(Q1, A1, Q2, A2), chat_template=CHAT_TEMPLATES["pretrain"], tokenize=False
+    )
     assert rendered == original_reference["rendered_prompts"]["pretrain"]["train_2turn"]
 
 
@@ -75,8 +77,11 @@ def test_pad_and_square_image_processing_match_the_original(original_reference):
     image = Image.fromarray(original_reference["image_uint8_hwc"].numpy())
     for mode, key in (("square", "pixel_values_square"), ("pad", "pixel_values_pad")):
         processor = TinyLlavaProcessor(
-            image_processor=image_processor, tokenizer=_fixture_tokenizer(), image_aspect_ratio=mode,
-            chat_template=CHAT_TEMPLATES["qwen2_base"], num_image_tokens=15,
+            image_processor=image_processor,
+            tokenizer=_fixture_tokenizer(),
+            image_aspect_ratio=mode,
+            chat_template=CHAT_TEMPLATES["qwen2_base"],
+            num_image_tokens=15,
         )
         pixels = processor(images=[image], text=["<image>"], return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(pixels[0], original_reference[key], rtol=0, atol=1e-6)
@@ -98,8 +103,12 @@ def test_non_rgb_images_are_converted(mode, tiny_model_and_processor):
 
 def test_each_image_expands_to_its_placeholders(tiny_model_and_processor):
     processor = tiny_model_and_processor[1]
-    out = processor(images=[[make_image(), make_image(seed=1)], []], text=["<image><image>two", "none"],
-                    padding=True, return_tensors="pt")
+    out = processor(
+        images=[[make_image(), make_image(seed=1)], []],
+        text=["<image><image>two", "none"],
+        padding=True,
+        return_tensors="pt",
+    )
     counts = (out["input_ids"] == processor.image_token_id).sum(-1).tolist()
     assert counts == [2 * processor.num_image_tokens, 0]
     assert out["pixel_values"].shape[0] == 2
@@ -125,8 +134,23 @@ def test_default_template_and_pad_token_follow_the_llm_family(components_dir):
 
 def test_chunked_image_tokenization_matches_the_original_chunkwise_ids():
     """SentencePiece-style tokenizers get an extra '▁' after the image in the original (reference §2.1)."""
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "\n": 4, "What": 5, "▁What": 6, "▁USER": 7, ":": 8, "▁is": 9,
-             "▁it": 10, "?": 11, "US": 12, "ER": 13, "USER": 14}
+    vocab = {
+        "<unk>": 0,
+        "<s>": 1,
+        "</s>": 2,
+        "▁": 3,
+        "\n": 4,
+        "What": 5,
+        "▁What": 6,
+        "▁USER": 7,
+        ":": 8,
+        "▁is": 9,
+        "▁it": 10,
+        "?": 11,
+        "US": 12,
+        "ER": 13,
+        "USER": 14,
+    }
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", ignore_merges=True))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
     backend.decoder = decoders.Metaspace()
@@ -134,12 +158,19 @@ def test_chunked_image_tokenization_matches_the_original_chunkwise_ids():
     tokenizer = add_image_token(tokenizer, "llama")
     tokenizer.add_bos_token = True
     processor = TinyLlavaProcessor(
-        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATES["llama"], num_image_tokens=3, chunked_image_tokenization=True,
+        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATES["llama"],
+        num_image_tokens=3,
+        chunked_image_tokenization=True,
     )
     prompt = "USER: <image>\nWhat is it?"
     before, after = prompt.split("<image>")
-    chunkwise = tokenizer(before).input_ids + [processor.image_token_id] * 3 + tokenizer(after, add_special_tokens=False).input_ids
+    chunkwise = (
+        tokenizer(before).input_ids
+        + [processor.image_token_id] * 3
+        + tokenizer(after, add_special_tokens=False).input_ids
+    )
     ids = processor(images=[make_image()], text=[prompt])["input_ids"][0]
     assert ids == chunkwise
     assert tokenizer.convert_ids_to_tokens(ids[ids.index(processor.image_token_id) + 3]) == "▁"
@@ -179,8 +210,18 @@ def test_image_paths_in_chat_messages_and_nested_lists(tiny_model_and_processor,
     path = tmp_path / "image.png"
     make_image().save(path)
     messages = [{"role": "user", "content": [{"type": "image", "path": str(path)}, {"type": "text", "text": "Hi?"}]}]
-    from_path = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-    from_pil = processor.apply_chat_template(chat("Hi?", image=make_image()), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    from_path = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    from_pil = processor.apply_chat_template(
+        chat("Hi?", image=make_image()),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     assert torch.equal(from_path["pixel_values"], from_pil["pixel_values"])
-    nested = processor(images=[[str(path)], [str(path)]], text=["<image>a", "<image>b"], padding=True, return_tensors="pt")
+    nested = processor(
+        images=[[str(path)], [str(path)]], text=["<image>a", "<image>b"], padding=True, return_tensors="pt"
+    )
     assert nested["pixel_values"].shape[0] == 2

@@ -13,8 +13,8 @@ from transformers import AutoTokenizer, SiglipImageProcessorPil
 
 from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaProcessor
 from modeling_tinyllava.processing_tinyllava import SYSTEM_PROMPT, add_image_token
-from training.collator import IGNORE_INDEX, TinyLlavaCollator
-from training.data import BadSampleError, text_to_parts
+from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
+from tinyllava_hf.training.data import BadSampleError, text_to_parts
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"original-code fixture not found at {FIXTURE}")

@@ -10,11 +10,11 @@ import pytest
 from conftest import assemble, make_image
 from training_helpers import llava_record, write_llava_dataset
 
-from training.arguments import DataArguments
-from training.cli import main
-from training.collator import TinyLlavaCollator
-from training.data import BadSampleError, load_training_dataset
-from training.malloc_tuning import tune_malloc
+from tinyllava_hf.training.arguments import DataArguments
+from tinyllava_hf.training.cli import main
+from tinyllava_hf.training.collator import TinyLlavaCollator
+from tinyllava_hf.training.data import BadSampleError, load_training_dataset
+from tinyllava_hf.training.malloc_tuning import tune_malloc
 
 
 def load(path, image_folder=None, on_bad_sample="error"):
@@ -58,7 +58,9 @@ def test_hf_dataset_with_messages_and_images(tmp_path, components_dir):
             assert loaded.column_names == ["id", "messages", "images"]
             assert loaded[0]["images"][0].size == (40, 24)  # decoded lazily by datasets, per row
             batch = TinyLlavaCollator(processor)([loaded[0]])
-            assert processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100]) == " A square.<|endoftext|>"
+            assert (
+                processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != -100]) == " A square.<|endoftext|>"
+            )
 
 
 def test_convert_data_roundtrip(tmp_path):

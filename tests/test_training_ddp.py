@@ -1,5 +1,5 @@
 """Multi-process training: the shipped accelerate configs, and a 2-process DDP run (CPU, gloo) through
-`accelerate launch -m training` that must match a single-process run with the same global batch."""
+`accelerate launch -m tinyllava_hf.training` that must match a single-process run with the same global batch."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from accelerate.utils import DistributedType
 from conftest import make_image
 from safetensors.torch import load_file
 
-from training.cli import main as train_main
+from tinyllava_hf.training.cli import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "accelerate_configs"
@@ -96,7 +96,7 @@ def test_ddp_two_cpu_processes_match_one_process_with_the_same_global_batch(comp
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "ddp.yaml"),
         "--num_processes", "2", "--main_process_port", str(free_port()),
-        "-m", "training", *finetune_argv(components_dir, two_samples, ddp_dir, batch_size=1),
+        "-m", "tinyllava_hf.training", *finetune_argv(components_dir, two_samples, ddp_dir, batch_size=1),
     ]  # fmt: skip
     result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

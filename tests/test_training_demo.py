@@ -10,13 +10,13 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer, pipeline
 
-from training.cli import main as train_main
-from training.data import llava_record_to_sample
-from training.demo.components import ModelSize, build_components
-from training.demo.dataset import write_demo_data
-from training.demo.evaluate import Accuracy
-from training.demo.run import check_margin
-from training.demo.synthetic import (
+from tinyllava_hf.training.cli import main as train_main
+from tinyllava_hf.training.data import llava_record_to_sample
+from tinyllava_hf.training.demo.components import ModelSize, build_components
+from tinyllava_hf.training.demo.dataset import write_demo_data
+from tinyllava_hf.training.demo.evaluate import Accuracy
+from tinyllava_hf.training.demo.run import check_margin
+from tinyllava_hf.training.demo.synthetic import (
     BACKGROUND,
     COLORS,
     QUADRANTS,

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 from training_helpers import train_argv, write_llava_dataset
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
-from training.cli import run
-from training.collator import TinyLlavaCollator
-from training.data import text_to_parts
-from training.merge import load_adapter_model
-from training.merge import main as merge_main
+from tinyllava_hf.training.cli import run
+from tinyllava_hf.training.collator import TinyLlavaCollator
+from tinyllava_hf.training.data import text_to_parts
+from tinyllava_hf.training.merge import load_adapter_model
+from tinyllava_hf.training.merge import main as merge_main
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ import torch
 from conftest import assemble, chat, make_image
 from peft import get_peft_model
 
-from training.arguments import ModelArguments
-from training.lora_dropout import DropoutLinear
-from training.tuning import apply_lora, lora_config
+from tinyllava_hf.training.arguments import ModelArguments
+from tinyllava_hf.training.lora_dropout import DropoutLinear
+from tinyllava_hf.training.tuning import apply_lora, lora_config
 
-LORA_ARGS = ModelArguments(model_name_or_path="unused", tune_llm="lora", tune_connector="full", lora_r=4,
-                           lora_alpha=8, lora_dropout=0.3)
+LORA_ARGS = ModelArguments(
+    model_name_or_path="unused", tune_llm="lora", tune_connector="full", lora_r=4, lora_alpha=8, lora_dropout=0.3
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +46,21 @@ def loss_grads_and_saved_bytes(model, batch, seed=123, autocast=False):
         return tensor
 
     torch.manual_seed(seed)
-    with (torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
-          torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+    ):
         loss = model(**batch).loss
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads, sum(saved.values())
 
 
-@pytest.mark.parametrize(("checkpointing", "autocast"), [(False, False), (True, False), (False, True)],
-                         ids=["fp32", "activation-checkpointing", "bf16-autocast"])
+@pytest.mark.parametrize(
+    ("checkpointing", "autocast"),
+    [(False, False), (True, False), (False, True)],
+    ids=["fp32", "activation-checkpointing", "bf16-autocast"],
+)
 def test_fused_dropout_equals_peft_dropout(model_and_batch, checkpointing, autocast):
     model, batch = model_and_batch
     reference, fused = wrap(model, fused=False), wrap(model, fused=True)

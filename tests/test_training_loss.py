@@ -9,12 +9,12 @@ from datasets import Dataset
 from training_helpers import A1, A2, Q1, Q2
 from trl import SFTConfig
 
-from training.arguments import ModelArguments
-from training.collator import IGNORE_INDEX, TinyLlavaCollator
-from training.data import text_to_parts
-from training.supervised_head import install_supervised_lm_head
-from training.trainer import TinyLlavaSFTTrainer
-from training.tuning import apply_lora
+from tinyllava_hf.training.arguments import ModelArguments
+from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
+from tinyllava_hf.training.data import text_to_parts
+from tinyllava_hf.training.supervised_head import install_supervised_lm_head
+from tinyllava_hf.training.trainer import TinyLlavaSFTTrainer
+from tinyllava_hf.training.tuning import apply_lora
 
 
 def batch_for(processor):

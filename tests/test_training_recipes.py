@@ -13,10 +13,10 @@ import yaml
 from conftest import assemble
 from training_helpers import train_argv, write_llava_dataset
 
-from training.arguments import ModelArguments
-from training.cli import RECIPE_NAMES, RECIPES_DIR, main, parse_args, run
-from training.train import load_model_and_processor
-from training.tuning import apply_lora, module_of, optimizer_param_groups, set_trainable
+from tinyllava_hf.training.arguments import ModelArguments
+from tinyllava_hf.training.cli import RECIPE_NAMES, RECIPES_DIR, main, parse_args, run
+from tinyllava_hf.training.train import load_model_and_processor
+from tinyllava_hf.training.tuning import apply_lora, module_of, optimizer_param_groups, set_trainable
 
 HUB_FILES = {
     "config.json", "model.safetensors", "generation_config.json", "processor_config.json", "chat_template.jinja",
@@ -106,15 +106,19 @@ def test_recipe_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown key\(s\) in recipe .*bad.yaml: learnin_rate_typo"):
         parse_args([str(recipe), "--model_name_or_path", "x", "--data_path", "d.json", "--output_dir", "o"])
     with pytest.raises(ValueError, match="Unknown argument.*--no_such_flag"):
-        parse_args(["finetune", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o", "--no_such_flag", "1"])
+        parse_args(
+            ["finetune", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o", "--no_such_flag", "1"]
+        )
     with pytest.raises(FileNotFoundError, match="neither a file nor one of pretrain"):
         parse_args(["finetun", "--model_name_or_path", "x"])
     with pytest.raises(ValueError, match="tune_llm must be one of"):
-        parse_args(["finetune", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o", "--tune_llm", "half"])
+        parse_args(
+            ["finetune", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o", "--tune_llm", "half"]
+        )
 
 
 def test_python_m_training_is_the_cli():
-    result = subprocess.run([sys.executable, "-m", "training", "finetune", "--help"], capture_output=True, text=True, check=False,
+    result = subprocess.run([sys.executable, "-m", "tinyllava_hf.training", "finetune", "--help"], capture_output=True, text=True, check=False,
                             cwd=Path(__file__).resolve().parents[1], timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     for flag in ("--llm", "--vision_tower", "--model_name_or_path", "--data_path", "--on_bad_sample", "--max_steps"):
@@ -124,13 +128,26 @@ def test_python_m_training_is_the_cli():
 def test_every_recipe_parses_and_the_command_line_overrides_it():
     for recipe in RECIPE_NAMES:
         model_args, data_args, args, name = parse_args(
-            [recipe, "--model_name_or_path", "x", "--data_path", "d.json", "--output_dir", "o", "--learning_rate", "0.5"]
+            [
+                recipe,
+                "--model_name_or_path",
+                "x",
+                "--data_path",
+                "d.json",
+                "--output_dir",
+                "o",
+                "--learning_rate",
+                "0.5",
+            ]
         )
         assert name == recipe and args.learning_rate == 0.5 and data_args.data_path == ["d.json"]
         assert model_args.tune_llm == {"pretrain": "frozen", "finetune": "full", "share": "full",
                                        "finetune_lora": "lora", "finetune_qlora": "qlora"}[recipe]  # fmt: skip
         assert args.num_train_epochs == 1 and args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.03
-    assert parse_args(["pretrain", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o"])[2].learning_rate == 1e-3
+    assert (
+        parse_args(["pretrain", "--model_name_or_path", "x", "--data_path", "d", "--output_dir", "o"])[2].learning_rate
+        == 1e-3
+    )
 
 
 def losses(output_dir) -> list[float]:
@@ -142,8 +159,9 @@ def test_pretrain_then_finetune_chain(components_dir, tmp_path):
     """pretrain (new model) -> finetune (from the pretrain dir), each 3 steps on a memorizable batch."""
     data = write_llava_dataset(tmp_path)
     new_model = ["--llm", str(components_dir / "qwen2"), "--vision_tower", str(components_dir / "siglip")]
-    pretrain_dir = run(train_argv("pretrain", tmp_path / "pretrain", data, *new_model, "--learning_rate", "1e-2",
-                                   "--seed", "0"))  # the seed `assemble` uses: the same fresh <image> embedding row
+    pretrain_dir = run(
+        train_argv("pretrain", tmp_path / "pretrain", data, *new_model, "--learning_rate", "1e-2", "--seed", "0")
+    )  # the seed `assemble` uses: the same fresh <image> embedding row
     finetune_dir = run(train_argv("finetune", tmp_path / "finetune", data, "--model_name_or_path", str(pretrain_dir),
                                    "--learning_rate", "3e-3"))  # fmt: skip
     for output_dir in (pretrain_dir, finetune_dir):

@@ -6,8 +6,8 @@ from safetensors.torch import load_file
 from training_helpers import train_argv, write_llava_dataset
 from transformers import TrainerCallback
 
-from training.cli import parse_args
-from training.train import train
+from tinyllava_hf.training.cli import parse_args
+from tinyllava_hf.training.train import train
 
 
 class StopAtStep(TrainerCallback):

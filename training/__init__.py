@@ -1,6 +1,6 @@
 """Training for TinyLLaVA-HF: TRL's `SFTTrainer` with a multimodal collator, the paper's recipes, LoRA/QLoRA.
 
-Entry points: `tinyllava-train` / `python -m training` ([`training.cli.main`]) and `tinyllava-merge`
+Entry points: `tinyllava-train` / `python -m tinyllava_hf.training` ([`training.cli.main`]) and `tinyllava-merge`
 ([`training.merge.main`]). The pieces are usable on their own:
 
 - [`training.arguments`]: `ModelArguments`, `DataArguments` (parsed with `trl.TrlParser` together with `SFTConfig`);

@@ -1,4 +1,4 @@
-"""`python -m training` is `tinyllava-train`."""
+"""`python -m tinyllava_hf.training` is `tinyllava-train`."""
 
 from .cli import main
 

@@ -28,7 +28,8 @@ class ModelArguments:
         default=None, metadata={"help": "CLIP/SigLIP/DINOv2 model (Hub id or dir) for a NEW model; needs --llm."}
     )
     connector_type: str = field(
-        default="mlp2x_gelu", metadata={"help": "Connector of a NEW model: mlp{N}x_gelu | linear | identity | resampler."}
+        default="mlp2x_gelu",
+        metadata={"help": "Connector of a NEW model: mlp{N}x_gelu | linear | identity | resampler."},
     )
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Continue from a TinyLLaVA checkpoint dir (e.g. the previous stage's output)."}
@@ -42,7 +43,9 @@ class ModelArguments:
         },
     )
     image_aspect_ratio: str = field(default="square", metadata={"help": "NEW model: 'square' or 'pad'."})
-    vision_feature_layer: int = field(default=-2, metadata={"help": "NEW model: vision hidden state fed to the connector."})
+    vision_feature_layer: int = field(
+        default=-2, metadata={"help": "NEW model: vision hidden state fed to the connector."}
+    )
     vision_feature_select_strategy: str | None = field(
         default=None, metadata={"help": "NEW model: 'default' (drop first token) or 'full'. Default: by tower."}
     )
@@ -79,7 +82,9 @@ class ModelArguments:
             raise ValueError(f"--image_aspect_ratio must be 'square' or 'pad'; got {self.image_aspect_ratio!r}.")
         new_model = self.llm is not None or self.vision_tower is not None
         if new_model and self.model_name_or_path is not None:
-            raise ValueError("Pass either --model_name_or_path (continue) or --llm and --vision_tower (new model), not both.")
+            raise ValueError(
+                "Pass either --model_name_or_path (continue) or --llm and --vision_tower (new model), not both."
+            )
         if new_model and (self.llm is None or self.vision_tower is None):
             raise ValueError("A new model needs both --llm and --vision_tower.")
         if not new_model and self.model_name_or_path is None:
@@ -116,4 +121,6 @@ class DataArguments:
         if not self.data_path:
             raise ValueError("No training data: pass --data_path FILE_OR_DIR [FILE_OR_DIR ...].")
         if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
-            raise ValueError(f"--on_bad_sample must be one of {', '.join(BAD_SAMPLE_POLICIES)}; got {self.on_bad_sample!r}.")
+            raise ValueError(
+                f"--on_bad_sample must be one of {', '.join(BAD_SAMPLE_POLICIES)}; got {self.on_bad_sample!r}."
+            )

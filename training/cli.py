@@ -1,4 +1,4 @@
-"""`tinyllava-train` (also `python -m training`).
+"""`tinyllava-train` (also `python -m tinyllava_hf.training`).
 
     tinyllava-train RECIPE [--flag value ...]      train one stage; RECIPE is a YAML path or a name in
                                                     training/recipes (pretrain, finetune, share, finetune_lora,

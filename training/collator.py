@@ -120,7 +120,9 @@ class TinyLlavaCollator:
                 "too_long",
             )
         self.counts["truncated"] += 1
-        logger.warning("Truncated sample %r from %d to %d tokens (after its last image).", sample_id, len(input_ids), cut)
+        logger.warning(
+            "Truncated sample %r from %d to %d tokens (after its last image).", sample_id, len(input_ids), cut
+        )
         return input_ids[:cut], labels[:cut]
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
@@ -130,7 +132,9 @@ class TinyLlavaCollator:
                 encoded.append(self.encode(sample))
             except BadSampleError as error:
                 if self.on_bad_sample == "error":
-                    raise BadSampleError(f"{error}. Pass --on_bad_sample skip to drop such samples.", error.kind) from None
+                    raise BadSampleError(
+                        f"{error}. Pass --on_bad_sample skip to drop such samples.", error.kind
+                    ) from None
                 self.counts[error.kind] += 1
                 logger.warning("Skipping %s (counts so far: %s)", error, dict(self.counts))
         if not encoded:

@@ -1,4 +1,4 @@
-"""`tinyllava-train convert-data SRC OUT_DIR` (or `python -m training.convert_data`): LLaVA JSON/JSONL -> a
+"""`tinyllava-train convert-data SRC OUT_DIR` (or `python -m tinyllava_hf.training.convert_data`): LLaVA JSON/JSONL -> a
 `datasets` dir with TRL's `messages` + `images` columns (images stay paths, relative to the same image folder)."""
 
 import argparse

@@ -110,12 +110,16 @@ def load_hf_dataset(path: str) -> datasets.Dataset:
         suffix = Path(path).suffix
         builder = DATASET_FILE_BUILDERS.get(suffix, "json" if suffix in (".json", ".jsonl") else None)
         if builder is None:
-            raise ValueError(f"{path}: unsupported data file type {suffix!r}; use LLaVA .json/.jsonl, .parquet or a dir.")
+            raise ValueError(
+                f"{path}: unsupported data file type {suffix!r}; use LLaVA .json/.jsonl, .parquet or a dir."
+            )
         dataset = datasets.load_dataset(builder, data_files=path, split="train")
     if isinstance(dataset, datasets.DatasetDict):
         dataset = dataset["train"]
     if "messages" not in dataset.column_names:
-        raise ValueError(f"{path}: a datasets source needs a 'messages' column (TRL format); has {dataset.column_names}.")
+        raise ValueError(
+            f"{path}: a datasets source needs a 'messages' column (TRL format); has {dataset.column_names}."
+        )
     if "images" not in dataset.column_names:
         image_column = dataset["image"] if "image" in dataset.column_names else [None] * len(dataset)
         dataset = dataset.add_column("images", [[] if image is None else [image] for image in image_column])

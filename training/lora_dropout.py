@@ -88,8 +88,10 @@ def fuse_lora_dropout(model: nn.Module) -> int:
         for name in sorted(lora_a.keys() & dropouts.keys()):
             layer, dropout = lora_a[name], dropouts[name]
             if (
-                type(dropout) is nn.Dropout and 0 < dropout.p < 1
-                and type(layer) is nn.Linear and layer.bias is None
+                type(dropout) is nn.Dropout
+                and 0 < dropout.p < 1
+                and type(layer) is nn.Linear
+                and layer.bias is None
                 and name not in getattr(module, "lora_variant", {})
             ):
                 lora_a[name] = DropoutLinear(layer, dropout.p).train(layer.training)

@@ -40,5 +40,7 @@ def tune_malloc() -> bool:
     _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
-    logger.info("glibc malloc tuned (mmap threshold %d MiB, trim threshold 1 GiB): %s", MAX_MMAP_THRESHOLD >> 20, _applied)
+    logger.info(
+        "glibc malloc tuned (mmap threshold %d MiB, trim threshold 1 GiB): %s", MAX_MMAP_THRESHOLD >> 20, _applied
+    )
     return _applied

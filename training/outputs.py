@@ -55,6 +55,6 @@ def plot_loss_curve(log_history: list[dict], output_dir: str | Path) -> Path | N
 
 def write_model_card(output_dir: str | Path) -> Path:
     """The model card (`README.md`) from what the directory holds, by `model_cards.write_model_card`."""
-    from model_cards import write_model_card as write_card
+    from tinyllava_hf.model_cards import write_model_card as write_card
 
     return write_card(output_dir)

@@ -85,8 +85,13 @@ def load_model_and_processor(model_args: ModelArguments, args: SFTConfig):
             processor.chat_template = resolve_chat_template(saved_template)
         return model, processor
     if model_args.tune_llm == "qlora":
-        raise ValueError("QLoRA needs a saved base to quantize: run a stage first and pass its dir as --model_name_or_path.")
-    config_kwargs = {"vision_feature_layer": model_args.vision_feature_layer, "connector_type": model_args.connector_type}
+        raise ValueError(
+            "QLoRA needs a saved base to quantize: run a stage first and pass its dir as --model_name_or_path."
+        )
+    config_kwargs = {
+        "vision_feature_layer": model_args.vision_feature_layer,
+        "connector_type": model_args.connector_type,
+    }
     if model_args.vision_feature_select_strategy is not None:
         config_kwargs["vision_feature_select_strategy"] = model_args.vision_feature_select_strategy
     model = TinyLlavaForConditionalGeneration.from_pretrained_components(
@@ -213,7 +218,9 @@ def train(
     if trainer.is_world_process_zero():
         if model_args.uses_lora:
             merge_adapter(save_dir, output_dir, base_checkpoint)
-        write_run_record(output_dir, stage_record(model_args, data_args, args, trainer, recipe), model_args.model_name_or_path)
+        write_run_record(
+            output_dir, stage_record(model_args, data_args, args, trainer, recipe), model_args.model_name_or_path
+        )
         plot_loss_curve(trainer.state.log_history, output_dir)
         write_model_card(output_dir)
         logger.info("Saved the %s checkpoint to %s", "merged" if model_args.uses_lora else "trained", output_dir)

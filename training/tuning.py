@@ -61,7 +61,9 @@ def set_trainable(model: nn.Module, model_args: ModelArguments) -> dict[str, int
         if parameter.requires_grad:
             counts[module_of(name)] += parameter.numel()
     if not any(counts.values()):
-        raise ValueError("Nothing to train: every module is frozen (see --tune_llm/--tune_vision_tower/--tune_connector).")
+        raise ValueError(
+            "Nothing to train: every module is frozen (see --tune_llm/--tune_vision_tower/--tune_connector)."
+        )
     return counts
 
 
@@ -69,8 +71,11 @@ def lora_config(model_args: ModelArguments):
     """peft `LoraConfig` for the LLM's linear layers; trained vision/connector weights are saved with the adapter."""
     from peft import LoraConfig
 
-    modules_to_save = [name for name, mode in (("connector", model_args.tune_connector),
-                                               ("vision_tower", model_args.tune_vision_tower)) if mode != "frozen"]
+    modules_to_save = [
+        name
+        for name, mode in (("connector", model_args.tune_connector), ("vision_tower", model_args.tune_vision_tower))
+        if mode != "frozen"
+    ]
     return LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
@@ -98,8 +103,10 @@ def apply_lora(model: nn.Module, model_args: ModelArguments) -> nn.Module:
         )
     if not any("lora_" in name for name, _ in peft_model.named_parameters()):
         raise ValueError(f"--lora_target_modules {model_args.lora_target_modules!r} matches no LLM layer.")
-    logger.info("LoRA dropout fused into lora_A for %d adapted layers (training/lora_dropout.py).",
-                fuse_lora_dropout(peft_model))
+    logger.info(
+        "LoRA dropout fused into lora_A for %d adapted layers (training/lora_dropout.py).",
+        fuse_lora_dropout(peft_model),
+    )
     return peft_model
 
 

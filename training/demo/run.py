@@ -75,7 +75,7 @@ def run_stages(settings: DemoSettings, data, llm_dir: Path, vision_dir: Path, ou
     Unlike the paper, whose LLM and vision tower are pretrained (and frozen during stage 1), the demo's components
     start from random weights, so every module trains in both stages, at learning rates suited to a tiny model.
     """
-    from training.cli import main as train_main
+    from tinyllava_hf.training.cli import main as train_main
 
     pretrain_dir, finetune_dir = output_dir / "pretrain", output_dir / "finetune"
     pretrain_argv = [
@@ -136,7 +136,7 @@ def publish_results(checkpoint: Path, real, blank, num_questions: int, output_di
     Returns:
         `(summary_path, model_card_path)`.
     """
-    from model_cards import merge_eval_results, write_model_card
+    from tinyllava_hf.model_cards import merge_eval_results, write_model_card
 
     summary_path = output_dir / "eval" / "synthetic_shapes_qa_summary.json"
     summary_path.parent.mkdir(exist_ok=True)

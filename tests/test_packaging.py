@@ -1,0 +1,59 @@
+"""The wheel installs only `modeling_tinyllava` and `tinyllava_hf` at the top level, with every tool folder inside."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOOL_FOLDERS = ("training", "conversion", "evaluation", "model_cards")
+
+
+@pytest.fixture(scope="module")
+def wheel_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(REPO_ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = out.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_wheel_top_level_names(wheel_files):
+    top_level = {name.split("/")[0] for name in wheel_files if ".dist-info/" not in name}
+    assert top_level == {"modeling_tinyllava", "tinyllava_hf"}
+
+
+def test_every_source_file_is_installed_under_the_namespace(wheel_files):
+    # A subpackage missing from pyproject's explicit package list would silently vanish from the wheel.
+    for folder in TOOL_FOLDERS:
+        for source in (REPO_ROOT / folder).rglob("*"):
+            if source.suffix in {".py", ".yaml", ".json", ".md"} and "__pycache__" not in source.parts:
+                if source.name == "README.md":
+                    continue
+                installed = "tinyllava_hf/" + source.relative_to(REPO_ROOT).as_posix()
+                assert installed in wheel_files, f"{source.relative_to(REPO_ROOT)} is not in the wheel"
+
+
+def test_console_scripts_point_into_the_namespace(wheel_files):
+    (entry_points,) = [wheel_files[name].decode() for name in wheel_files if name.endswith("entry_points.txt")]
+    scripts = dict(line.split(" = ") for line in entry_points.splitlines() if " = " in line)
+    assert {"tinyllava-train", "tinyllava-convert", "tinyllava-eval", "tinyllava-card", "tinyllava-push"} <= set(
+        scripts
+    )
+    assert all(target.startswith("tinyllava_hf.") for target in scripts.values()), scripts
