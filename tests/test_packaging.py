@@ -1,5 +1,6 @@
 """The wheel installs only `modeling_tinyllava` and `tinyllava_hf` at the top level, with every tool folder inside."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
