@@ -88,7 +88,9 @@ def main(argv=None):
         tokenizer = build_tokenizer()
         processor = build_processor(tokenizer)
         data_path, image_folder = write_llava_dataset(workdir / "data", num_samples, IMAGE_SIZE)
-        dataset = load_training_dataset(DataArguments(data_path=[str(data_path)], image_folder=str(image_folder)))
+        dataset = load_training_dataset(
+            DataArguments(data_path=[str(data_path)], image_folder=str(image_folder))
+        ).dataset  # image paths resolved against the folder
         samples = [dataset[index] for index in range(num_samples)]
         paths = {"data_path": str(data_path), "image_folder": str(image_folder)}
 
@@ -100,10 +102,10 @@ def main(argv=None):
         trl_collator = DataCollatorForVisionLanguageModeling(build_llava_processor(tokenizer), assistant_only_loss=True)
         trl_samples = trl_messages_records(num_samples, IMAGE_SIZE)
         collators = {
-            "finetune": ("tinyllava", TinyLlavaCollator(processor, image_folder=str(image_folder)), samples),
+            "finetune": ("tinyllava", TinyLlavaCollator(processor), samples),
             "pretrain": (
                 "tinyllava",
-                TinyLlavaCollator(processor, chat_template=CHAT_TEMPLATES["pretrain"], image_folder=str(image_folder)),
+                TinyLlavaCollator(processor, chat_template=CHAT_TEMPLATES["pretrain"]),
                 samples,
             ),
             "finetune (TRL stock, Llava)": ("trl", trl_collator, trl_samples),

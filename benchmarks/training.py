@@ -305,9 +305,9 @@ def run_plain(spec: dict, output_dir: str, info: dict) -> StepRecorder:
         processor,
         chat_template=CHAT_TEMPLATES["pretrain"] if mode == "pretrain" else None,
         max_length=2048,
-        image_folder=paths["image_folder"],
     )
-    samples = load_training_dataset(DataArguments(data_path=[paths["data_path"]], image_folder=paths["image_folder"]))
+    data_args = DataArguments(data_path=[paths["data_path"]], image_folder=paths["image_folder"])
+    samples = load_training_dataset(data_args, collator).dataset
 
     recorder = StepRecorder(steps, spec["count_flops"])
     recorder.rss_before_training_mb = current_rss_mb()

@@ -6,10 +6,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from modeling_tinyllava.processing_tinyllava import load_image
 
 from .answers import AnswerFile
 from .errors import EvaluationError
@@ -72,12 +73,10 @@ class _QuestionImages(Dataset):
         question = self.questions[index]
         if question.image is None:
             return question, None
-        path = self.image_folder / question.image
         try:
-            with Image.open(path) as image:
-                return question, image.convert("RGB")
-        except (OSError, UnidentifiedImageError) as error:
-            raise EvaluationError(f"Question {question.question_id!r}: cannot read image {path}: {error}") from error
+            return question, load_image(self.image_folder / question.image)
+        except ValueError as error:
+            raise EvaluationError(f"Question {question.question_id!r}: {error}") from error
 
 
 def _collate(processor, items):

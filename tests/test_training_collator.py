@@ -1,5 +1,5 @@
 """The training collator: labels token for token against the original's masking (reference §3.3), the truncation
-rule, multi-turn / multi-image / text-only samples, and bad samples."""
+rule, multi-turn / multi-image / text-only samples, image loading, and the token checks `training.data` runs."""
 
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, SiglipImageProcessorPil
 from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaProcessor
 from modeling_tinyllava.processing_tinyllava import SYSTEM_PROMPT, add_image_token
 from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
-from tinyllava_hf.training.data import BadSampleError, text_to_parts
+from tinyllava_hf.training.data import text_to_parts, token_problem
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"original-code fixture not found at {FIXTURE}")
@@ -226,55 +226,68 @@ def test_over_long_sample_is_cut_after_its_last_image_and_counted(tokenizers, ca
     full = TinyLlavaCollator(processor).encode(sample(Q1, long_answer))
     max_length = len(full["input_ids"]) - 10
     collator = TinyLlavaCollator(processor, max_length=max_length)
+    assert token_problem(collator, sample(Q1, long_answer)) == (None, len(full["input_ids"]))
     batch = collator([sample(Q1, long_answer)])
     assert batch["input_ids"].shape == (1, max_length)
     assert torch.equal(batch["input_ids"][0], full["input_ids"][:max_length])
+    # The cut keeps the untruncated labels token for token: the answer's first part stays supervised.
+    assert torch.equal(batch["labels"][0], full["labels"][:max_length])
+    assert (full["labels"][max_length:] != IGNORE_INDEX).all()  # only answer tokens were cut
     assert int((batch["input_ids"] == processor.image_token_id).sum()) == NUM_IMAGE_TOKENS
-    assert (batch["labels"] != IGNORE_INDEX).any()
     assert collator.counts == {"truncated": 1}
     assert "Truncated sample 's0'" in caplog.text
 
 
+def test_layout_is_the_encoding_without_opening_images(tokenizers):
+    """The load-time check renders stand-in images; the tokens must be those of the real images."""
+    processor = make_processor(tokenizers["plain"], "phi")
+    collator = TinyLlavaCollator(processor)
+    two_images = sample(Q1, A1, "<image>\n" + Q2, A2)
+    input_ids, labels = collator.layout(two_images)
+    encoded = collator.encode(two_images)
+    assert torch.equal(input_ids, encoded["input_ids"]) and torch.equal(labels, encoded["labels"])
+
+
 @pytest.mark.parametrize("problem", ["image_past_cut", "no_answer_before_cut"])
 def test_over_long_sample_that_cannot_be_cut_cleanly_is_bad(tokenizers, problem):
-    """An image past the cut, or no answer token before it -> error, or dropped and counted with skip."""
+    """An image past the cut, or no answer token before it: a bad sample for training.data's policy."""
     processor = make_processor(tokenizers["plain"], "phi")
     short = sample("Hi?", "Hello.", sample_id="short")
     max_length = len(TinyLlavaCollator(processor).encode(short)["input_ids"]) + 2
     long_question = "Describe the picture. " * 8
     if problem == "image_past_cut":  # the first answer fits, the second turn's image does not
         bad = sample("Hi?", "Hello.", long_question + "<image>", "Blue.", sample_id="long")
+        message = "an image ends at token"
     else:
         bad = sample(long_question, "A red square.", sample_id="long")
-    with pytest.raises(BadSampleError, match="'long'.*max_length"):
-        TinyLlavaCollator(processor, max_length=max_length)([bad])
-    collator = TinyLlavaCollator(processor, max_length=max_length, on_bad_sample="skip")
-    batch = collator([bad, short])
-    assert batch["input_ids"].shape[0] == 1
-    assert collator.counts == {"too_long": 1}
+        message = "no answer token is left"
+    collator = TinyLlavaCollator(processor, max_length=max_length)
+    (kind, description), _ = token_problem(collator, bad)
+    assert kind == "too_long" and f"> max_length {max_length}" in description and message in description
+    assert token_problem(collator, short)[0] is None
+    if problem == "image_past_cut":  # unchecked, the collator still never cuts an image's placeholder run
+        with pytest.raises(ValueError, match="'long' would lose image tokens when cut at max_length"):
+            collator([bad])
 
 
-# --- bad samples ---------------------------------------------------------------------------------------------------
+# --- images and bad samples ----------------------------------------------------------------------------------------
 
 
-def test_unreadable_images_are_named(tokenizers, tmp_path):
+def test_images_are_opened_at_collate_time_by_the_processors_loader(tokenizers, tmp_path):
     processor = make_processor(tokenizers["plain"], "phi")
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    collator = TinyLlavaCollator(processor, image_folder=str(tmp_path))
-    with pytest.raises(BadSampleError, match=r"'s0'.*missing image file .*gone\.png"):
-        collator([sample(Q1, A1, images=["gone.png"])])
-    with pytest.raises(BadSampleError, match=r"'s0'.*cannot read image .*broken\.png"):
-        collator([sample(Q1, A1, images=["broken.png"])])
-    skipping = TinyLlavaCollator(processor, image_folder=str(tmp_path), on_bad_sample="skip")
-    batch = skipping([sample(Q1, A1, images=["broken.png"]), sample(Q1, A1, sample_id="ok")])
-    assert batch["input_ids"].shape[0] == 1 and skipping.counts == {"corrupt_image": 1}
-    with pytest.raises(BadSampleError, match="Every sample of a batch was bad"):
-        skipping([sample(Q1, A1, images=["gone.png"])])
+    make_image(seed=3).convert("L").save(tmp_path / "grey.png")
+    collator = TinyLlavaCollator(processor)
+    from_path = collator([sample(Q1, A1, images=[str(tmp_path / "grey.png")])])
+    from_pil = collator([sample(Q1, A1, images=[Image.open(tmp_path / "grey.png").convert("RGB")])])
+    assert torch.equal(from_path["pixel_values"], from_pil["pixel_values"])
+    (tmp_path / "grey.png").write_bytes(b"not a png")  # changed after the load-time check
+    with pytest.raises(ValueError, match=r"Training sample 's0': Could not decode image file .*grey\.png"):
+        collator([sample(Q1, A1, images=[str(tmp_path / "grey.png")])])
 
 
-def test_template_without_supervised_tokens_is_an_error_not_a_silent_all_ignored_sample(tokenizers):
+def test_template_without_supervised_tokens_is_a_bad_sample_not_a_silent_all_ignored_one(tokenizers):
     tokenizer = tokenizers["plain"]
     no_generation_markers = "{% for m in messages %}{{ m['content'][-1]['text'] }}{% endfor %}"
     collator = TinyLlavaCollator(make_processor(tokenizer, "phi"), chat_template=no_generation_markers)
-    with pytest.raises(BadSampleError, match="'s0': no supervised token"):
-        collator([sample("Hi?", "Hello.")])
+    (kind, description), _ = token_problem(collator, sample("Hi?", "Hello."))
+    assert kind == "no_supervised_tokens" and "no supervised token" in description

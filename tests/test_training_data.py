@@ -17,9 +17,9 @@ from tinyllava_hf.training.data import BadSampleError, load_training_dataset
 from tinyllava_hf.training.malloc_tuning import tune_malloc
 
 
-def load(path, image_folder=None, on_bad_sample="error"):
+def load(path, image_folder=None, on_bad_sample="error", collator=None):
     return load_training_dataset(DataArguments(data_path=[str(path)], image_folder=image_folder,
-                                               on_bad_sample=on_bad_sample))  # fmt: skip
+                                               on_bad_sample=on_bad_sample), collator).dataset  # fmt: skip
 
 
 def test_llava_json_and_jsonl_become_trl_messages(tmp_path):
@@ -36,11 +36,11 @@ def test_llava_json_and_jsonl_become_trl_messages(tmp_path):
         dataset = load(source, str(folder))
         assert dataset["id"] == ["a", "b", "7"]
         first = dataset[0]
-        assert first["images"] == ["0.png"]
+        assert first["images"] == [str(folder / "0.png")]  # resolved once, here
         # Images move to the front of their turn (as the original does); the text is stripped.
         assert first["messages"][0]["content"] == [{"type": "image", "text": None}, {"type": "text", "text": "Look."}]
         assert [m["role"] for m in first["messages"]] == ["user", "assistant", "user", "assistant"]
-        assert dataset[1]["images"] == ["0.png", "1.png"] and dataset[2]["images"] == []
+        assert dataset[1]["images"] == [str(folder / "0.png"), str(folder / "1.png")] and dataset[2]["images"] == []
         assert dataset[2]["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "Be terse."}]}
 
 
@@ -97,7 +97,10 @@ def test_unusable_sources_are_clear_errors(tmp_path):
         load(tmp_path / "nope.json")
     path = tmp_path / "roles.json"
     path.write_text(json.dumps([{"id": "r", "conversations": [{"from": "robot", "value": "beep"}]}]))
-    with pytest.raises(BadSampleError, match="roles.json: sample 'r' has a turn .*robot"):
+    with pytest.raises(BadSampleError, match="roles.json: sample 'r' \\(index 0\\): turn 0 has the role 'robot'"):
+        load(path)
+    path.write_text(json.dumps([{"id": "v", "conversations": [{"from": "human", "value": None}]}]))
+    with pytest.raises(ValueError, match="roles.json: sample 'v' \\(index 0\\) has a turn .*'value': None"):
         load(path)
     datasets.Dataset.from_dict({"text": ["x"]}).save_to_disk(tmp_path / "plain")
     with pytest.raises(ValueError, match="needs a 'messages' column"):

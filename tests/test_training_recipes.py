@@ -15,7 +15,7 @@ from training_helpers import train_argv, write_llava_dataset
 
 from tinyllava_hf.training.arguments import ModelArguments
 from tinyllava_hf.training.cli import RECIPE_NAMES, RECIPES_DIR, main, parse_args, run
-from tinyllava_hf.training.train import load_model_and_processor
+from tinyllava_hf.training.train import load_model
 from tinyllava_hf.training.tuning import apply_lora, module_of, optimizer_param_groups, set_trainable
 
 HUB_FILES = {
@@ -175,8 +175,8 @@ def test_pretrain_then_finetune_chain(components_dir, tmp_path):
     assert "ASSISTANT:" in (pretrain_dir / "chat_template.jinja").read_text()
     # Pretrain froze everything but the connector.
     before, _ = assemble(components_dir, "qwen2", "siglip")
-    after, _ = load_model_and_processor(*parse_args(["pretrain", "--model_name_or_path", str(pretrain_dir),
-                                                     "--data_path", "d", "--output_dir", "o"])[::2])  # fmt: skip
+    after = load_model(*parse_args(["pretrain", "--model_name_or_path", str(pretrain_dir),
+                                    "--data_path", "d", "--output_dir", "o"])[::2])  # fmt: skip
     after_state = after.state_dict()
     for name, tensor in before.state_dict().items():
         assert torch.equal(tensor, after_state[name]) != name.startswith("model.connector."), name

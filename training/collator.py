@@ -1,23 +1,21 @@
-"""The multimodal SFT collator: chat template rendering, image expansion, answer-only labels, safe truncation."""
+"""The multimodal SFT collator: chat template rendering, image expansion, answer-only labels, truncation."""
 
-import io
 import logging
-import os
 from collections import Counter
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .data import BadSampleError, normalize_messages, resolve_image_path
+from modeling_tinyllava.processing_tinyllava import load_image
+
+from .data import IGNORE_INDEX, normalize_messages
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
 
 class TinyLlavaCollator:
-    """Turns samples `{"id", "messages", "images"}` (see `training.data`) into a padded training batch.
+    """Turns checked samples `{"id", "messages", "images"}` (see `training.data`) into a padded training batch.
 
     Each sample is rendered with the chat template and tokenized by the processor, which expands every image into
     its placeholder run (`return_assistant_tokens_mask=True` marks the `{% generation %}` spans). Labels keep only
@@ -25,54 +23,38 @@ class TinyLlavaCollator:
     them (reference §3.3); the system prompt, user turns, image placeholders and padding are -100. With the
     `pretrain` template the caption (and its newline) is the supervised span.
 
-    A sample longer than `max_length` is cut at `max_length` when that keeps all of its image placeholders and at
-    least one supervised token (counted and logged as truncated); otherwise it is a bad sample. Bad samples (an
-    image that cannot be read, too long, no supervised token) raise `BadSampleError` with `on_bad_sample="error"`,
-    or are dropped from the batch, logged and counted in `self.counts` with `"skip"`.
+    The collator judges no sample: `training.data` has checked each one at load time (with `layout`) and applied
+    `--on_bad_sample`. A sample longer than `max_length` is cut at `max_length`, which that check guarantees is
+    after its last image and keeps a supervised token; each cut is logged and counted in `self.counts`. Images are
+    opened here, batch by batch, with the processor's `load_image`.
 
     Args:
         processor: a `TinyLlavaProcessor`.
         chat_template: Jinja template used for rendering; None uses the processor's own.
         max_length: maximum tokens per sample after image expansion; None for no limit.
-        image_folder: folder that relative image paths start from.
-        on_bad_sample: `"error"` or `"skip"`.
 
     Returns (from `__call__`):
         `input_ids`, `attention_mask`, `labels`: `(batch, max_len)` long tensors, right-padded; `pixel_values`:
         `(num_images, 3, H, W)`, the batch's images in order (absent when the batch has none).
     """
 
-    def __init__(self, processor, chat_template=None, max_length=None, image_folder=None, on_bad_sample="error"):
+    def __init__(self, processor, chat_template=None, max_length=None):
         self.processor = processor
         self.chat_template = chat_template
         self.max_length = max_length
-        self.image_folder = image_folder
-        self.on_bad_sample = on_bad_sample
         self.image_token_id = processor.image_token_id
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.counts = Counter()
+        # The placeholder run of an image does not depend on its pixels, so `layout` renders this one instead.
+        self._stand_in_image = Image.new("RGB", (16, 16))
 
-    def load_image(self, image, sample_id: str) -> Image.Image:
-        """Opens a path, a `datasets.Image` dict or a PIL image as RGB; BadSampleError names the file on failure."""
-        if isinstance(image, Image.Image):
-            return image.convert("RGB")
-        source = image
-        if isinstance(image, dict):
-            source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
-        if isinstance(source, str):
-            source = resolve_image_path(source, self.image_folder)
-            if not os.path.exists(source):
-                raise BadSampleError(f"sample {sample_id!r}: missing image file {source!r}", "missing_image")
-        try:
-            with Image.open(source) as opened:
-                return opened.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            raise BadSampleError(f"sample {sample_id!r}: cannot read image {source!r}: {error}", "corrupt_image")
+    def tokenize(self, sample: dict, images: list[Image.Image]) -> dict:
+        """Renders, tokenizes, expands and masks one sample with the given RGB images, without truncation.
 
-    def encode(self, sample: dict) -> dict:
-        """One sample -> `input_ids`, `labels` `(seq_len,)` and `pixel_values` `(num_images, 3, H, W)` or None."""
-        sample_id = sample.get("id")
-        images = iter([self.load_image(image, sample_id) for image in sample["images"]])
+        Returns:
+            `input_ids`, `labels`: `(seq_len,)` long tensors; `pixel_values`: `(num_images, 3, H, W)` or None.
+        """
+        images = iter(images)
         messages = [
             {
                 "role": message["role"],
@@ -93,55 +75,49 @@ class TinyLlavaCollator:
         )
         input_ids = torch.tensor(encoded["input_ids"][0])
         supervised = torch.tensor(encoded["assistant_masks"][0], dtype=torch.bool) & (input_ids != self.image_token_id)
-        labels = input_ids.masked_fill(~supervised, IGNORE_INDEX)
         pixel_values = encoded.get("pixel_values")
         if pixel_values is not None:
             pixel_values = torch.from_numpy(np.stack(pixel_values))
-        if self.max_length is not None and len(input_ids) > self.max_length:
-            input_ids, labels = self.truncate(input_ids, labels, sample_id)
-        if not (labels != IGNORE_INDEX).any():
-            raise BadSampleError(f"sample {sample_id!r}: no supervised token (empty answers?)", "no_supervised_tokens")
-        return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
+        return {
+            "input_ids": input_ids,
+            "labels": input_ids.masked_fill(~supervised, IGNORE_INDEX),
+            "pixel_values": pixel_values,
+        }
+
+    def layout(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """`input_ids` and `labels` `(seq_len,)` of a sample before truncation, without opening its images."""
+        encoded = self.tokenize(sample, [self._stand_in_image] * len(sample["images"]))
+        return encoded["input_ids"], encoded["labels"]
+
+    def encode(self, sample: dict) -> dict:
+        """One sample -> `input_ids`, `labels` `(seq_len,)` and `pixel_values` `(num_images, 3, H, W)` or None."""
+        sample_id = sample.get("id")
+        try:
+            images = [load_image(image) for image in sample["images"]]
+        except ValueError as error:  # the file changed after the load-time check, or verified but does not decode
+            raise ValueError(f"Training sample {sample_id!r}: {error}") from error
+        encoded = self.tokenize(sample, images)
+        if self.max_length is not None and len(encoded["input_ids"]) > self.max_length:
+            encoded["input_ids"], encoded["labels"] = self.truncate(encoded["input_ids"], encoded["labels"], sample_id)
+        return encoded
 
     def truncate(self, input_ids: torch.Tensor, labels: torch.Tensor, sample_id) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cuts at `max_length` if no image placeholder and not every supervised token lies beyond the cut."""
-        image_positions = (input_ids == self.image_token_id).nonzero()
+        """Cuts at `max_length`; the load-time check has made sure no image placeholder lies beyond the cut."""
         cut = self.max_length
-        if len(image_positions) and int(image_positions[-1]) >= cut:
-            raise BadSampleError(
-                f"sample {sample_id!r}: {len(input_ids)} tokens > max_length {cut}, and an image ends at token "
-                f"{int(image_positions[-1]) + 1}, so it cannot be truncated without cutting an image",
-                "too_long",
-            )
-        if not (labels[:cut] != IGNORE_INDEX).any():
-            raise BadSampleError(
-                f"sample {sample_id!r}: {len(input_ids)} tokens > max_length {cut}, and no answer token is left in "
-                "the first max_length tokens",
-                "too_long",
+        if (input_ids[cut:] == self.image_token_id).any():
+            raise ValueError(
+                f"Training sample {sample_id!r} would lose image tokens when cut at max_length {cut}; it was not "
+                "checked by training.data.load_training_dataset with this collator."
             )
         self.counts["truncated"] += 1
         logger.warning(
-            "Truncated sample %r from %d to %d tokens (after its last image).", sample_id, len(input_ids), cut
-        )
+            "Truncated sample %r from %d to %d tokens (after its last image; %d truncations so far).",
+            sample_id, len(input_ids), cut, self.counts["truncated"],
+        )  # fmt: skip
         return input_ids[:cut], labels[:cut]
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        encoded = []
-        for sample in samples:
-            try:
-                encoded.append(self.encode(sample))
-            except BadSampleError as error:
-                if self.on_bad_sample == "error":
-                    raise BadSampleError(
-                        f"{error}. Pass --on_bad_sample skip to drop such samples.", error.kind
-                    ) from None
-                self.counts[error.kind] += 1
-                logger.warning("Skipping %s (counts so far: %s)", error, dict(self.counts))
-        if not encoded:
-            raise BadSampleError(
-                f"Every sample of a batch was bad (ids {[sample.get('id') for sample in samples]}); see the warnings above."
-            )
-        return self.pad(encoded)
+        return self.pad([self.encode(sample) for sample in samples])
 
     def pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
         """Right-pads to the longest sample; the attention mask comes from the lengths, never from the pad id."""

@@ -4,7 +4,7 @@
 import argparse
 import logging
 
-from .data import load_samples, validate
+from .data import drop_bad_samples, load_samples, sample_problems
 
 
 def convert(source: str, output_dir: str, image_folder: str | None = None, on_bad_sample: str = "error") -> int:
@@ -15,7 +15,8 @@ def convert(source: str, output_dir: str, image_folder: str | None = None, on_ba
     """
     dataset = load_samples(source)
     if image_folder is not None:
-        dataset = validate(dataset, image_folder, on_bad_sample)
+        problems = [problem for problem, _ in sample_problems(dataset, image_folder)]
+        (dataset,), _ = drop_bad_samples([(source, dataset)], [problems], on_bad_sample)
     dataset.save_to_disk(output_dir)
     return len(dataset)
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tinyllava-train convert-data", description=__doc__.split("\n")[0])
     parser.add_argument("source", help="LLaVA .json or .jsonl file")
     parser.add_argument("output_dir", help="datasets dir to write (load with datasets.load_from_disk)")
-    parser.add_argument("--image_folder", help="check that every image exists under this folder")
+    parser.add_argument("--image_folder", help="check every sample and image file under this folder")
     parser.add_argument("--on_bad_sample", choices=("error", "skip"), default="error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

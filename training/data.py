@@ -2,38 +2,59 @@
 
 Every source becomes one `datasets.Dataset` with the columns `id` (str), `messages` (TRL's conversational format:
 `[{"role": "system"|"user"|"assistant", "content": [{"type": "image"|"text", "text": str|None}]}]`) and `images`
-(paths relative to `--image_folder`, absolute paths, or `datasets.Image` values). Images are NOT opened here: the
-collator loads them lazily, batch by batch. Structural problems are found up front, before any compute is spent.
+(resolved image paths, or `datasets.Image` values).
+
+This module is the one place where samples are judged. At load time, before any compute is spent, every sample is
+checked once: its conversation, its `<image>` markers against its images, each image file (it exists and PIL can
+open and verify it) and, given the collator, its tokens (an over-long sample must be cut without cutting an image
+and keep an answer token). `--on_bad_sample` is applied to what is found, once: stop naming the first bad sample,
+or drop every bad sample and log and record the counts. The collator then only renders, tokenizes and masks; it
+opens the image files lazily, batch by batch.
 """
 
+import io
 import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+from PIL import Image
 
 from .arguments import DataArguments
 
 logger = logging.getLogger(__name__)
 
 IMAGE_MARKER = "<image>"
+ROLES = ("system", "user", "assistant")
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 DATASET_FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
+IGNORE_INDEX = -100
 
 
 class BadSampleError(ValueError):
-    """A training sample that cannot be used as it is; the message names the sample and the problem.
+    """A training sample that cannot be used as it is; the message names the source, the sample and the problem."""
 
-    Args:
-        message: what is wrong, naming the sample (and file).
-        kind: a short key the skipped-sample counts are grouped by.
+
+@dataclass
+class TrainingData:
+    """The checked training samples and what the checks found.
+
+    Attributes:
+        dataset: the usable samples (`id`, `messages`, `images` with resolved paths).
+        skipped: bad samples dropped with `--on_bad_sample skip`, counted by kind (e.g. `missing_image`).
+        over_length: samples longer than `max_length`, which the collator cuts to `max_length` tokens.
     """
 
-    def __init__(self, message: str, kind: str = "invalid"):
-        super().__init__(message)
-        self.kind = kind
+    dataset: datasets.Dataset
+    skipped: Counter = field(default_factory=Counter)
+    over_length: int = 0
+
+    def record(self) -> dict[str, int]:
+        """Counts for the run record: skipped samples by kind and, as `truncated`, the over-long ones."""
+        return {**self.skipped, **({"truncated": self.over_length} if self.over_length else {})}
 
 
 def text_to_parts(text: str) -> list[dict]:
@@ -61,18 +82,20 @@ def normalize_messages(messages: list[dict]) -> list[dict]:
 
 
 def llava_record_to_sample(record: dict, index: int, source: str) -> dict:
-    """One LLaVA-format record (`id`, `image` path or list, `conversations`) -> a sample in the common format."""
+    """One LLaVA-format record (`id`, `image` path or list, `conversations`) -> a sample in the common format.
+
+    An unknown speaker is kept as the role (the checks report it); a turn that is not `{"from", "value": str}`
+    is a malformed file, not a bad sample, and raises.
+    """
     sample_id = str(record.get("id", index))
-    if "conversations" not in record:
-        raise BadSampleError(f"{source}: sample {sample_id!r} (index {index}) has no 'conversations' key.")
     messages = []
-    for turn in record["conversations"]:
-        role = LLAVA_ROLES.get(turn.get("from"))
-        if role is None or not isinstance(turn.get("value"), str):
-            raise BadSampleError(
-                f"{source}: sample {sample_id!r} has a turn {turn!r}; expected 'from' in {sorted(LLAVA_ROLES)} and a "
-                "string 'value'."
+    for turn in record.get("conversations") or []:
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise ValueError(
+                f"{source}: sample {sample_id!r} (index {index}) has a turn {turn!r}; expected {{'from': "
+                f"{'|'.join(LLAVA_ROLES)}, 'value': str}}."
             )
+        role = LLAVA_ROLES.get(turn.get("from"), str(turn.get("from")))
         messages.append({"role": role, "content": text_to_parts(turn["value"])})
     images = record.get("image") or []
     return {"id": sample_id, "messages": messages, "images": [images] if isinstance(images, str) else list(images)}
@@ -91,12 +114,12 @@ def read_llava_file(path: str) -> list[dict]:
 
 
 def is_llava_file(path: str) -> bool:
-    """A .json/.jsonl file whose first record has `conversations` (else it is read as a TRL-format dataset)."""
+    """A .json/.jsonl file whose first record has `conversations`, or that is empty (else it is read as TRL data)."""
     if not path.endswith((".json", ".jsonl")):
         return False
     with open(path, encoding="utf-8") as file:
         head = file.read(1 << 16)
-    return '"conversations"' in head
+    return '"conversations"' in head or head.strip() in ("", "[]")
 
 
 def load_hf_dataset(path: str) -> datasets.Dataset:
@@ -129,12 +152,17 @@ def load_hf_dataset(path: str) -> datasets.Dataset:
 
 
 def load_samples(path: str) -> datasets.Dataset:
-    """One data source as a dataset in the common format."""
+    """One data source as a dataset in the common format (image paths as written in the source)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data_path {path!r} does not exist.")
     if is_llava_file(path):
-        return datasets.Dataset.from_list(read_llava_file(path))
+        samples = read_llava_file(path)
+        if not samples:
+            raise ValueError(f"--data_path {path!r} holds no samples.")
+        return datasets.Dataset.from_list(samples)
     dataset = load_hf_dataset(path)
+    if len(dataset) == 0:
+        raise ValueError(f"--data_path {path!r} holds no samples.")
     return dataset.cast_column("id", datasets.Value("string")) if dataset.features["id"].dtype != "string" else dataset
 
 
@@ -142,17 +170,22 @@ def resolve_image_path(image: str, image_folder: str | None) -> str:
     return image if image_folder is None or os.path.isabs(image) else os.path.join(image_folder, image)
 
 
-def conversation_problem(messages: list[dict], images: list, image_folder: str | None) -> tuple[str, str] | None:
-    """What makes a sample unusable before tokenization, as `(kind, description)`, or None if it is fine.
+def conversation_problem(messages: list[dict], num_images: int) -> tuple[str, str] | None:
+    """What makes a conversation unusable, as `(kind, description)`, or None if it is fine.
 
     Checks: a non-empty conversation of (optional system) then user/assistant turns alternating, starting with a
-    user turn and ending with an answer; images only in user turns; as many image parts as images; image files
-    that exist.
+    user turn and ending with an answer; images only in user turns; as many image parts as images.
     """
     if not messages:
         return "empty_conversation", "empty conversation"
     messages = normalize_messages(messages)
     roles = [message["role"] for message in messages]
+    for position, role in enumerate(roles):
+        if role not in ROLES:
+            return "unknown_role", (
+                f"turn {position} has the role {role!r}; expected one of {', '.join(ROLES)} (LLaVA 'from': "
+                f"{', '.join(LLAVA_ROLES)})"
+            )
     turns = roles[1:] if roles[0] == "system" else roles
     if not turns or turns != ["user", "assistant"] * (len(turns) // 2):
         return "not_alternating", f"conversation does not alternate user/assistant ending with an answer: {roles}"
@@ -162,42 +195,166 @@ def conversation_problem(messages: list[dict], images: list, image_folder: str |
         if message_images and message["role"] != "user":
             return "image_outside_user_turn", f"a {message['role']} turn holds an image"
         num_image_parts += message_images
-    if num_image_parts != len(images):
-        return "image_count_mismatch", f"{num_image_parts} <image> markers but {len(images)} images"
-    for image in images:
-        if isinstance(image, str) and not os.path.exists(resolve_image_path(image, image_folder)):
-            return "missing_image", f"missing image file {resolve_image_path(image, image_folder)!r}"
+    if num_image_parts != num_images:
+        return "image_count_mismatch", f"{num_image_parts} <image> markers but {num_images} images"
     return None
 
 
-def validate(dataset: datasets.Dataset, image_folder: str | None, on_bad_sample: str) -> datasets.Dataset:
-    """Drops (skip) or reports (error) samples with structural problems; logs every dropped sample and the counts."""
-    problems = [
-        conversation_problem(messages, images, image_folder)
-        for messages, images in zip(dataset["messages"], dataset["images"])
-    ]
-    bad = [index for index, problem in enumerate(problems) if problem is not None]
-    if not bad:
-        return dataset
-    ids = dataset["id"]
-    if on_bad_sample == "error":
-        index = bad[0]
-        raise BadSampleError(
-            f"Sample {ids[index]!r} (index {index}): {problems[index][1]}. {len(bad)} bad samples in total; pass "
-            "--on_bad_sample skip to drop them."
+def image_problem(image, image_folder: str | None) -> tuple[str, str] | None:
+    """A missing or undecodable image file, as `(kind, description)`, or None.
+
+    `image` is a path (relative to `image_folder`), an undecoded `datasets.Image` value (`{"bytes", "path"}`) or a
+    PIL image. PIL opens the file and verifies it (headers and checksums, without decoding the pixels).
+    """
+    if isinstance(image, Image.Image):
+        return None
+    if isinstance(image, dict):
+        name = image.get("path") or "<embedded bytes>"
+        source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
+    else:
+        name = source = resolve_image_path(image, image_folder)
+    if isinstance(source, str) and not os.path.isfile(source):
+        return "missing_image", f"missing image file {name!r}"
+    try:
+        with Image.open(source) as opened:
+            opened.verify()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return "corrupt_image", f"cannot read image {name!r}: {error}"
+    return None
+
+
+def token_problem(collator, sample: dict) -> tuple[tuple[str, str] | None, int]:
+    """What makes a sample's tokens unusable, as `(kind, description)` or None, and its length in tokens.
+
+    Bad: no supervised token at all, or longer than `collator.max_length` where the cut would fall inside or
+    before an image's placeholder run, or would leave no supervised token.
+    """
+    input_ids, labels = collator.layout(sample)
+    supervised = labels != IGNORE_INDEX
+    if not supervised.any():
+        problem = "no supervised token (empty answers, or a chat template without {% generation %})"
+        return ("no_supervised_tokens", problem), len(input_ids)
+    cut = collator.max_length
+    if cut is None or len(input_ids) <= cut:
+        return None, len(input_ids)
+    image_positions = (input_ids == collator.image_token_id).nonzero()
+    if len(image_positions) and int(image_positions[-1]) >= cut:
+        problem = (
+            f"{len(input_ids)} tokens > max_length {cut}, and an image ends at token {int(image_positions[-1]) + 1}, "
+            "so it cannot be truncated without cutting an image"
         )
-    for index in bad:
-        logger.warning("Skipping sample %r (index %d): %s", ids[index], index, problems[index][1])
-    counts = Counter(problems[index][0] for index in bad)
-    logger.warning("Skipped %d of %d samples before training: %s", len(bad), len(dataset), dict(counts))
-    bad_set = set(bad)
-    return dataset.select([index for index in range(len(dataset)) if index not in bad_set])
+        return ("too_long", problem), len(input_ids)
+    if not supervised[:cut].any():
+        problem = f"{len(input_ids)} tokens > max_length {cut}, and no answer token is left in the first {cut} tokens"
+        return ("too_long", problem), len(input_ids)
+    return None, len(input_ids)
 
 
-def load_training_dataset(data_args: DataArguments) -> datasets.Dataset:
-    """All `--data_path` sources, concatenated and validated."""
-    parts = [load_samples(path) for path in data_args.data_path]
-    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
-    dataset = validate(dataset, data_args.image_folder, data_args.on_bad_sample)
-    logger.info("Training data: %d samples from %s", len(dataset), ", ".join(data_args.data_path))
+def undecoded(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The dataset with `datasets.Image` values left as `{"bytes", "path"}`, so checking does not decode them."""
+    feature = getattr(dataset.features["images"], "feature", None)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))
     return dataset
+
+
+def sample_problems(dataset: datasets.Dataset, image_folder: str | None, collator=None) -> list[tuple | None]:
+    """Per sample: its first problem as `(kind, description)`, or None; and, given a collator, its token count.
+
+    Returns:
+        One `(problem, num_tokens or None)` per sample; tokens are checked only when the rest is fine.
+    """
+    checks = []
+    for sample in undecoded(dataset):
+        images = sample["images"]
+        problem = conversation_problem(sample["messages"], len(images))
+        for image in images:
+            problem = problem or image_problem(image, image_folder)
+        num_tokens = None
+        if problem is None and collator is not None:
+            problem, num_tokens = token_problem(collator, sample)
+        checks.append((problem, num_tokens))
+    return checks
+
+
+def drop_bad_samples(
+    sources: list[tuple[str, datasets.Dataset]], problems: list[list], on_bad_sample: str
+) -> tuple[list[datasets.Dataset], Counter]:
+    """Applies `--on_bad_sample` to the problems of every source: the error names the first bad sample; skip logs
+    each bad sample and the counts.
+
+    Returns:
+        The sources' datasets without their bad samples, and the skipped counts by kind.
+
+    Raises:
+        BadSampleError: with `error`, for the first bad sample; with `skip`, when no sample is left.
+    """
+    bad = [(source, dataset, index, problem) for (source, dataset), source_problems in zip(sources, problems)
+           for index, problem in enumerate(source_problems) if problem is not None]  # fmt: skip
+    total = sum(len(dataset) for _, dataset in sources)
+    if bad and on_bad_sample == "error":
+        source, dataset, index, (_, description) = bad[0]
+        raise BadSampleError(
+            f"{source}: sample {dataset[index]['id']!r} (index {index}): {description}. {len(bad)} of {total} "
+            "samples are bad; pass --on_bad_sample skip to drop them."
+        )
+    for source, dataset, index, (_, description) in bad:
+        logger.warning("Skipping sample %r (index %d) of %s: %s", dataset[index]["id"], index, source, description)
+    skipped = Counter(problem[0] for *_, problem in bad)
+    if bad:
+        logger.warning("Skipped %d of %d samples before training: %s", len(bad), total, dict(skipped))
+    if len(bad) == total:
+        raise BadSampleError(
+            f"No training sample left: all {total} samples of {', '.join(source for source, _ in sources)} are bad "
+            f"({dict(skipped)}); see the warnings above."
+        )
+    kept = [
+        dataset.select([index for index, problem in enumerate(source_problems) if problem is None])
+        if any(source_problems) else dataset
+        for (_, dataset), source_problems in zip(sources, problems)
+    ]  # fmt: skip
+    return kept, skipped
+
+
+def resolve_images(dataset: datasets.Dataset, image_folder: str | None) -> datasets.Dataset:
+    """Image paths joined to `image_folder`; `datasets.Image` values decoded on access (to PIL, row by row)."""
+    feature = dataset.features["images"]
+    if isinstance(getattr(feature, "feature", None), datasets.Image):
+        return dataset.cast_column("images", datasets.List(datasets.Image()))
+    if image_folder is None or feature != datasets.List(datasets.Value("string")):
+        return dataset
+    return dataset.map(
+        lambda images: {"images": [[resolve_image_path(path, image_folder) for path in paths] for paths in images]},
+        input_columns="images",
+        batched=True,
+        desc="Resolving image paths",
+    )
+
+
+def load_training_dataset(data_args: DataArguments, collator=None) -> TrainingData:
+    """All `--data_path` sources, checked once, bad samples handled by `--on_bad_sample`, then concatenated.
+
+    Args:
+        data_args: the sources, the image folder and the bad-sample policy.
+        collator: a `TinyLlavaCollator`; given, each sample's tokens are checked too (see `token_problem`) and the
+            over-long samples counted. It renders stand-in images, so no image is decoded here.
+    """
+    sources = [(path, load_samples(path)) for path in data_args.data_path]
+    checks = [sample_problems(dataset, data_args.image_folder, collator) for _, dataset in sources]
+    problems = [[problem for problem, _ in source_checks] for source_checks in checks]
+    kept, skipped = drop_bad_samples(sources, problems, data_args.on_bad_sample)
+    dataset = kept[0] if len(kept) == 1 else datasets.concatenate_datasets(kept)
+    dataset = resolve_images(dataset, data_args.image_folder)
+    max_length = getattr(collator, "max_length", None)
+    over_length = sum(
+        problem is None and num_tokens is not None and max_length is not None and num_tokens > max_length
+        for source_checks in checks
+        for problem, num_tokens in source_checks
+    )
+    if over_length:
+        logger.warning(
+            "%d of %d samples are longer than max_length %d; the collator cuts them to max_length tokens (after "
+            "their last image).", over_length, len(dataset), max_length,
+        )  # fmt: skip
+    logger.info("Training data: %d samples from %s", len(dataset), ", ".join(data_args.data_path))
+    return TrainingData(dataset, skipped, over_length)

@@ -68,44 +68,56 @@ def quantization_config():
     )
 
 
-def load_model_and_processor(model_args: ModelArguments, args: SFTConfig):
-    """The model to train (a checkpoint, or a new one from --llm/--vision_tower) and its processor.
-
-    The processor keeps the conversation template the model will answer with: `--chat_template` when it is not
-    `pretrain`, else its own (a new model gets the original's template for its LLM family).
-    """
-    saved_template = model_args.chat_template if model_args.chat_template != "pretrain" else None
-    init_kwargs = {"dtype": torch.float32, **(args.model_init_kwargs or {})}
-    if model_args.model_name_or_path is not None:
-        if model_args.tune_llm == "qlora":
-            init_kwargs["quantization_config"] = quantization_config()
-        model = TinyLlavaForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **init_kwargs)
-        processor = TinyLlavaProcessor.from_pretrained(model_args.model_name_or_path)
-        if saved_template is not None:
-            processor.chat_template = resolve_chat_template(saved_template)
-        return model, processor
-    if model_args.tune_llm == "qlora":
-        raise ValueError(
-            "QLoRA needs a saved base to quantize: run a stage first and pass its dir as --model_name_or_path."
-        )
+def new_model_config_kwargs(model_args: ModelArguments) -> dict:
+    """The `TinyLlavaConfig` fields of a new model, which the processor needs too (they set the image tokens)."""
     config_kwargs = {
         "vision_feature_layer": model_args.vision_feature_layer,
         "connector_type": model_args.connector_type,
     }
     if model_args.vision_feature_select_strategy is not None:
         config_kwargs["vision_feature_select_strategy"] = model_args.vision_feature_select_strategy
-    model = TinyLlavaForConditionalGeneration.from_pretrained_components(
-        llm=model_args.llm, vision_tower=model_args.vision_tower, dtype=init_kwargs["dtype"], **config_kwargs
-    ).train()
-    processor = TinyLlavaProcessor.from_pretrained_components(
+    return config_kwargs
+
+
+def load_processor(model_args: ModelArguments, args: SFTConfig) -> TinyLlavaProcessor:
+    """The processor of the model to train; loaded before the model, so that the data is checked first.
+
+    It keeps the conversation template the model will answer with: `--chat_template` when it is not `pretrain`,
+    else its own (a new model gets the original's template for its LLM family).
+    """
+    saved_template = model_args.chat_template if model_args.chat_template != "pretrain" else None
+    if model_args.model_name_or_path is not None:
+        processor = TinyLlavaProcessor.from_pretrained(model_args.model_name_or_path)
+        if saved_template is not None:
+            processor.chat_template = resolve_chat_template(saved_template)
+        return processor
+    return TinyLlavaProcessor.from_pretrained_components(
         llm=model_args.llm,
         vision_tower=model_args.vision_tower,
         chat_template=resolve_chat_template(saved_template),
         image_aspect_ratio=model_args.image_aspect_ratio,
         model_max_length=args.max_length,
-        **config_kwargs,
+        **new_model_config_kwargs(model_args),
     )
-    return model, processor
+
+
+def load_model(model_args: ModelArguments, args: SFTConfig) -> TinyLlavaForConditionalGeneration:
+    """The model to train: a checkpoint, or a new one assembled from --llm/--vision_tower."""
+    init_kwargs = {"dtype": torch.float32, **(args.model_init_kwargs or {})}
+    if model_args.model_name_or_path is not None:
+        if model_args.tune_llm == "qlora":
+            init_kwargs["quantization_config"] = quantization_config()
+        return TinyLlavaForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **init_kwargs)
+    if model_args.tune_llm == "qlora":
+        raise ValueError(
+            "QLoRA needs a saved base to quantize: run a stage first and pass its dir as --model_name_or_path."
+        )
+    return TinyLlavaForConditionalGeneration.from_pretrained_components(
+        llm=model_args.llm,
+        vision_tower=model_args.vision_tower,
+        dtype=init_kwargs["dtype"],
+        **new_model_config_kwargs(model_args),
+    ).train()
 
 
 def prepare_args(args: SFTConfig) -> SFTConfig:
@@ -119,8 +131,8 @@ def prepare_args(args: SFTConfig) -> SFTConfig:
     return args
 
 
-def stage_record(model_args, data_args, args, trainer, recipe: str | None) -> dict:
-    """This stage's entry of `tinyllava_run.json`."""
+def stage_record(model_args, data_args, args, trainer, recipe: str | None, skipped_or_truncated: dict) -> dict:
+    """This stage's entry of `tinyllava_run.json`; `skipped_or_truncated` counts samples by kind (`TrainingData`)."""
     hyperparameters = {name: getattr(args, name) for name in _HYPERPARAMETERS}
     hyperparameters["global_batch_size"] = (
         args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
@@ -142,7 +154,7 @@ def stage_record(model_args, data_args, args, trainer, recipe: str | None) -> di
         "steps": trainer.state.global_step,
         "final_loss": losses[-1] if losses else None,
         "lora": model_args.uses_lora,
-        "skipped_or_truncated_samples": dict(trainer.data_collator.counts),
+        "skipped_or_truncated_samples": skipped_or_truncated,
     }
 
 
@@ -167,8 +179,12 @@ def train(
     args = prepare_args(args)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    dataset = load_training_dataset(data_args)
-    model, processor = load_model_and_processor(model_args, args)
+    processor = load_processor(model_args, args)
+    collator = TinyLlavaCollator(
+        processor, chat_template=resolve_chat_template(model_args.chat_template), max_length=args.max_length
+    )
+    data = load_training_dataset(data_args, collator)  # checks every sample, before the model is loaded
+    model = load_model(model_args, args)
 
     base_checkpoint = model_args.model_name_or_path
     if model_args.uses_lora:
@@ -188,17 +204,10 @@ def train(
     if args.activation_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
 
-    collator = TinyLlavaCollator(
-        processor,
-        chat_template=resolve_chat_template(model_args.chat_template),
-        max_length=args.max_length,
-        image_folder=data_args.image_folder,
-        on_bad_sample=data_args.on_bad_sample,
-    )
     trainer = TinyLlavaSFTTrainer(
         model=model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=data.dataset,
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks,
@@ -210,7 +219,7 @@ def train(
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if collator.counts:
-        logger.warning("Samples skipped or truncated while training: %s", dict(collator.counts))
+        logger.warning("Truncations while training (a sample counts once per epoch): %s", dict(collator.counts))
 
     save_dir = output_dir / "adapter" if model_args.uses_lora else output_dir
     trainer.save_model(str(save_dir))
@@ -219,7 +228,9 @@ def train(
         if model_args.uses_lora:
             merge_adapter(save_dir, output_dir, base_checkpoint)
         write_run_record(
-            output_dir, stage_record(model_args, data_args, args, trainer, recipe), model_args.model_name_or_path
+            output_dir,
+            stage_record(model_args, data_args, args, trainer, recipe, data.record()),
+            model_args.model_name_or_path,
         )
         plot_loss_curve(trainer.state.log_history, output_dir)
         write_model_card(output_dir)
