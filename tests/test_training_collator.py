@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image
+from conftest import VISION_TOWERS, make_image
 from PIL import Image
 from tokenizers import processors
 from training_helpers import A1, A2, Q1, Q2
@@ -238,9 +238,11 @@ def test_over_long_sample_is_cut_after_its_last_image_and_counted(tokenizers, ca
     assert "Truncated sample 's0'" in caplog.text
 
 
-def test_layout_is_the_encoding_without_opening_images(tokenizers):
-    """The load-time check renders stand-in images; the tokens must be those of the real images."""
+@pytest.mark.parametrize("vision", list(VISION_TOWERS))
+def test_layout_is_the_encoding_without_opening_images(tokenizers, vision):
+    """The load-time check renders unprocessed stand-in images; the tokens must be those of the real images."""
     processor = make_processor(tokenizers["plain"], "phi")
+    processor.image_processor = VISION_TOWERS[vision][1]()
     collator = TinyLlavaCollator(processor)
     two_images = sample(Q1, A1, "<image>\n" + Q2, A2)
     input_ids, labels = collator.layout(two_images)

@@ -13,7 +13,7 @@ from training_helpers import llava_record, write_llava_dataset
 from tinyllava_hf.training.arguments import DataArguments
 from tinyllava_hf.training.cli import main
 from tinyllava_hf.training.collator import TinyLlavaCollator
-from tinyllava_hf.training.data import BadSampleError, load_training_dataset
+from tinyllava_hf.training.data import BadSampleError, load_samples, load_training_dataset
 from tinyllava_hf.training.malloc_tuning import tune_malloc
 
 
@@ -69,6 +69,20 @@ def test_convert_data_roundtrip(tmp_path):
     converted = load(tmp_path / "converted", str(folder))
     direct = load(path, str(folder))
     assert converted.to_list() == direct.to_list()
+    assert load_samples(str(tmp_path / "converted"))["images"] == [["0.png"], ["1.png"], ["2.png"]]  # as written
+    assert not list((tmp_path / "converted").glob("cache-*")), "loading wrote into the user's dataset dir"
+
+
+def test_checks_in_several_processes_find_the_same(tmp_path, components_dir):
+    records = [llava_record("good", "0.png", "<image>\nA?", "B."), llava_record("gone", "gone.png", "<image>\nA?", "B."),
+               llava_record("long", "1.png", "<image>\nA?", "one two three " * 40)]  # fmt: skip
+    path, folder = write_llava_dataset(tmp_path, records=records)
+    _, processor = assemble(components_dir, "phi", "siglip")
+    collator = TinyLlavaCollator(processor, max_length=120)
+    args = DataArguments(data_path=[str(path)], image_folder=str(folder), on_bad_sample="skip")
+    one, two = (load_training_dataset(args, collator, num_proc=num_proc) for num_proc in (None, 2))
+    assert one.dataset.to_list() == two.dataset.to_list() and one.dataset["id"] == ["good", "long"]
+    assert one.record() == two.record() == {"missing_image": 1, "truncated": 1}
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,9 @@ from .data import IGNORE_INDEX, normalize_messages
 
 logger = logging.getLogger(__name__)
 
+# `layout` skips the pixel work on its stand-in image: the placeholder run does not depend on the pixels.
+_STAND_IN_PROCESSING = {"do_resize": False, "do_center_crop": False, "do_rescale": False, "do_normalize": False}
+
 
 class TinyLlavaCollator:
     """Turns checked samples `{"id", "messages", "images"}` (see `training.data`) into a padded training batch.
@@ -45,11 +48,15 @@ class TinyLlavaCollator:
         self.image_token_id = processor.image_token_id
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.counts = Counter()
-        # The placeholder run of an image does not depend on its pixels, so `layout` renders this one instead.
         self._stand_in_image = Image.new("RGB", (16, 16))
 
-    def tokenize(self, sample: dict, images: list[Image.Image]) -> dict:
+    def tokenize(self, sample: dict, images: list[Image.Image], processor_kwargs: dict | None = None) -> dict:
         """Renders, tokenizes, expands and masks one sample with the given RGB images, without truncation.
+
+        Args:
+            sample: `{"messages", ...}` with one image part per image.
+            images: the sample's images, in order.
+            processor_kwargs: extra arguments of the processor call (image processing settings).
 
         Returns:
             `input_ids`, `labels`: `(seq_len,)` long tensors; `pixel_values`: `(num_images, 3, H, W)` or None.
@@ -72,6 +79,7 @@ class TinyLlavaCollator:
             return_dict=True,
             return_assistant_tokens_mask=True,
             return_tensors=None,  # lists: the assistant-mask offset matching is several times faster than on tensors
+            processor_kwargs=processor_kwargs,
         )
         input_ids = torch.tensor(encoded["input_ids"][0])
         supervised = torch.tensor(encoded["assistant_masks"][0], dtype=torch.bool) & (input_ids != self.image_token_id)
@@ -85,8 +93,11 @@ class TinyLlavaCollator:
         }
 
     def layout(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """`input_ids` and `labels` `(seq_len,)` of a sample before truncation, without opening its images."""
-        encoded = self.tokenize(sample, [self._stand_in_image] * len(sample["images"]))
+        """`input_ids` and `labels` `(seq_len,)` of a sample before truncation, without opening its images.
+
+        About half the cost of `encode` (no image is read or resized); `training.data` runs it on every sample.
+        """
+        encoded = self.tokenize(sample, [self._stand_in_image] * len(sample["images"]), _STAND_IN_PROCESSING)
         return encoded["input_ids"], encoded["labels"]
 
     def encode(self, sample: dict) -> dict:

@@ -4,7 +4,7 @@
 import argparse
 import logging
 
-from .data import drop_bad_samples, load_samples, sample_problems
+from .data import check_samples, drop_bad_samples, load_samples, problems_of
 
 
 def convert(source: str, output_dir: str, image_folder: str | None = None, on_bad_sample: str = "error") -> int:
@@ -15,7 +15,7 @@ def convert(source: str, output_dir: str, image_folder: str | None = None, on_ba
     """
     dataset = load_samples(source)
     if image_folder is not None:
-        problems = [problem for problem, _ in sample_problems(dataset, image_folder)]
+        problems = problems_of(check_samples(dataset, image_folder))
         (dataset,), _ = drop_bad_samples([(source, dataset)], [problems], on_bad_sample)
     dataset.save_to_disk(output_dir)
     return len(dataset)

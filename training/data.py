@@ -258,23 +258,63 @@ def undecoded(dataset: datasets.Dataset) -> datasets.Dataset:
     return dataset
 
 
-def sample_problems(dataset: datasets.Dataset, image_folder: str | None, collator=None) -> list[tuple | None]:
-    """Per sample: its first problem as `(kind, description)`, or None; and, given a collator, its token count.
+def sample_problem(sample: dict, image_folder: str | None, collator=None) -> tuple[tuple[str, str] | None, int]:
+    """A sample's first problem as `(kind, description)` or None, and its token count (-1 when not counted).
 
-    Returns:
-        One `(problem, num_tokens or None)` per sample; tokens are checked only when the rest is fine.
+    Checks the conversation, then each image, then (given a collator, when the rest is fine) the tokens.
     """
-    checks = []
-    for sample in undecoded(dataset):
-        images = sample["images"]
-        problem = conversation_problem(sample["messages"], len(images))
-        for image in images:
-            problem = problem or image_problem(image, image_folder)
-        num_tokens = None
-        if problem is None and collator is not None:
-            problem, num_tokens = token_problem(collator, sample)
-        checks.append((problem, num_tokens))
-    return checks
+    images = sample["images"]
+    problem = conversation_problem(sample["messages"], len(images))
+    for image in images if problem is None else ():
+        if problem := image_problem(image, image_folder):
+            break
+    if problem is None and collator is not None:
+        problem, num_tokens = token_problem(collator, sample)
+        return problem, num_tokens
+    return problem, -1
+
+
+def _check_batch(batch: dict, image_folder: str | None, collator) -> dict:
+    checks = [
+        sample_problem({"messages": messages, "images": images}, image_folder, collator)
+        for messages, images in zip(batch["messages"], batch["images"])
+    ]
+    return {
+        "kind": [problem and problem[0] for problem, _ in checks],
+        "problem": [problem and problem[1] for problem, _ in checks],
+        "num_tokens": [num_tokens for _, num_tokens in checks],
+    }
+
+
+def check_samples(
+    dataset: datasets.Dataset, image_folder: str | None, collator=None, num_proc: int | None = None
+) -> datasets.Dataset:
+    """`sample_problem` of every sample, in `num_proc` processes: a dataset with the columns `kind`, `problem`
+    (both None for a good sample) and `num_tokens`, row for row. Kept in memory: nothing is written next to the
+    user's data."""
+    return undecoded(dataset).map(
+        _check_batch,
+        fn_kwargs={"image_folder": image_folder, "collator": collator},
+        batched=True,
+        batch_size=256,
+        remove_columns=dataset.column_names,
+        features=datasets.Features(
+            {
+                "kind": datasets.Value("string"),
+                "problem": datasets.Value("string"),
+                "num_tokens": datasets.Value("int64"),
+            }
+        ),
+        keep_in_memory=True,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(dataset) > 1 else None,
+        new_fingerprint=f"{dataset._fingerprint}-checks",  # hashing the collator (a whole tokenizer) is slow
+        desc="Checking samples",
+    )
+
+
+def problems_of(checks: datasets.Dataset) -> list[tuple[str, str] | None]:
+    """The `(kind, description)` (or None) per sample of a `check_samples` result."""
+    return [None if kind is None else (kind, problem) for kind, problem in zip(checks["kind"], checks["problem"])]
 
 
 def drop_bad_samples(
@@ -283,23 +323,29 @@ def drop_bad_samples(
     """Applies `--on_bad_sample` to the problems of every source: the error names the first bad sample; skip logs
     each bad sample and the counts.
 
+    Args:
+        sources: `(path, dataset)` per `--data_path`.
+        problems: per source, per sample: `(kind, description)` or None.
+        on_bad_sample: `"error"` or `"skip"`.
+
     Returns:
         The sources' datasets without their bad samples, and the skipped counts by kind.
 
     Raises:
         BadSampleError: with `error`, for the first bad sample; with `skip`, when no sample is left.
     """
-    bad = [(source, dataset, index, problem) for (source, dataset), source_problems in zip(sources, problems)
+    bad = [(source, dataset["id"][index], index, problem)
+           for (source, dataset), source_problems in zip(sources, problems)
            for index, problem in enumerate(source_problems) if problem is not None]  # fmt: skip
     total = sum(len(dataset) for _, dataset in sources)
     if bad and on_bad_sample == "error":
-        source, dataset, index, (_, description) = bad[0]
+        source, sample_id, index, (_, description) = bad[0]
         raise BadSampleError(
-            f"{source}: sample {dataset[index]['id']!r} (index {index}): {description}. {len(bad)} of {total} "
-            "samples are bad; pass --on_bad_sample skip to drop them."
+            f"{source}: sample {sample_id!r} (index {index}): {description}. {len(bad)} of {total} samples are bad; "
+            "pass --on_bad_sample skip to drop them."
         )
-    for source, dataset, index, (_, description) in bad:
-        logger.warning("Skipping sample %r (index %d) of %s: %s", dataset[index]["id"], index, source, description)
+    for source, sample_id, index, (_, description) in bad:
+        logger.warning("Skipping sample %r (index %d) of %s: %s", sample_id, index, source, description)
     skipped = Counter(problem[0] for *_, problem in bad)
     if bad:
         logger.warning("Skipped %d of %d samples before training: %s", len(bad), total, dict(skipped))
@@ -323,34 +369,35 @@ def resolve_images(dataset: datasets.Dataset, image_folder: str | None) -> datas
         return dataset.cast_column("images", datasets.List(datasets.Image()))
     if image_folder is None or feature != datasets.List(datasets.Value("string")):
         return dataset
-    return dataset.map(
-        lambda images: {"images": [[resolve_image_path(path, image_folder) for path in paths] for paths in images]},
-        input_columns="images",
-        batched=True,
-        desc="Resolving image paths",
-    )
+    # A new column rather than `map`, which would write a cache file into the user's dataset dir.
+    resolved = [[resolve_image_path(path, image_folder) for path in paths] for paths in dataset["images"]]
+    dataset = dataset.remove_columns("images").add_column("images", resolved, feature=feature)
+    return dataset.select_columns(["id", "messages", "images"])
 
 
-def load_training_dataset(data_args: DataArguments, collator=None) -> TrainingData:
+def load_training_dataset(data_args: DataArguments, collator=None, num_proc: int | None = None) -> TrainingData:
     """All `--data_path` sources, checked once, bad samples handled by `--on_bad_sample`, then concatenated.
 
     Args:
         data_args: the sources, the image folder and the bad-sample policy.
         collator: a `TinyLlavaCollator`; given, each sample's tokens are checked too (see `token_problem`) and the
             over-long samples counted. It renders stand-in images, so no image is decoded here.
+        num_proc: processes for the checks (`--dataset_num_proc`); the token check costs about half of what
+            collating the sample does.
     """
     sources = [(path, load_samples(path)) for path in data_args.data_path]
-    checks = [sample_problems(dataset, data_args.image_folder, collator) for _, dataset in sources]
-    problems = [[problem for problem, _ in source_checks] for source_checks in checks]
-    kept, skipped = drop_bad_samples(sources, problems, data_args.on_bad_sample)
+    checks = [check_samples(dataset, data_args.image_folder, collator, num_proc) for _, dataset in sources]
+    kept, skipped = drop_bad_samples(sources, [problems_of(check) for check in checks], data_args.on_bad_sample)
     dataset = kept[0] if len(kept) == 1 else datasets.concatenate_datasets(kept)
     dataset = resolve_images(dataset, data_args.image_folder)
     max_length = getattr(collator, "max_length", None)
-    over_length = sum(
-        problem is None and num_tokens is not None and max_length is not None and num_tokens > max_length
-        for source_checks in checks
-        for problem, num_tokens in source_checks
-    )
+    over_length = 0
+    if max_length is not None:
+        over_length = sum(
+            kind is None and num_tokens > max_length
+            for check in checks
+            for kind, num_tokens in zip(check["kind"], check["num_tokens"])
+        )
     if over_length:
         logger.warning(
             "%d of %d samples are longer than max_length %d; the collator cuts them to max_length tokens (after "

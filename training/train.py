@@ -183,7 +183,7 @@ def train(
     collator = TinyLlavaCollator(
         processor, chat_template=resolve_chat_template(model_args.chat_template), max_length=args.max_length
     )
-    data = load_training_dataset(data_args, collator)  # checks every sample, before the model is loaded
+    data = load_training_dataset(data_args, collator, args.dataset_num_proc)  # before the model is loaded
     model = load_model(model_args, args)
 
     base_checkpoint = model_args.model_name_or_path
