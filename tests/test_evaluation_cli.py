@@ -2,6 +2,7 @@
 one-by-one generation, resuming an interrupted run, the model card hand-off and the errors users hit."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -175,6 +176,12 @@ def test_missing_image_fails_before_loading_the_model(pope_data, saved_model_dir
     (pope_data / "images" / "2.jpg").unlink()
     assert main(pope_args(pope_data, saved_model_dir)) == 2
     assert "2 image(s) not found" in capsys.readouterr().err and not (pope_data / "out" / "pope_answers.jsonl").exists()
+
+
+def test_unreadable_image_is_named_with_its_question(pope_data, saved_model_dir, capsys):
+    (pope_data / "images" / "2.jpg").write_bytes(b"not a jpeg")  # exists, so the up-front check passes
+    assert main(pope_args(pope_data, saved_model_dir)) == 2
+    assert re.search(r"Question 3: Could not decode image file '.*2\.jpg'", capsys.readouterr().err)
 
 
 def test_cuda_request_without_a_gpu_is_a_clear_error(pope_data, saved_model_dir, capsys):
