@@ -65,7 +65,7 @@ def main(argv=None):
     set_threads()
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from modeling_tinyllava import CHAT_TEMPLATES
+    from tinyllava_hf.chat_templates import CHAT_TEMPLATES
     from tinyllava_hf.training.arguments import DataArguments
     from tinyllava_hf.training.collator import TinyLlavaCollator
     from tinyllava_hf.training.data import load_training_dataset

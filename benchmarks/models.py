@@ -25,8 +25,9 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
-from modeling_tinyllava.processing_tinyllava import add_image_token
+from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.assembly import add_image_token
+from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 
 from .data import CORPUS
 

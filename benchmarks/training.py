@@ -206,7 +206,7 @@ def run_trl_llava(spec: dict, output_dir: str, info: dict) -> StepRecorder:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
     from trl import SFTConfig, SFTTrainer
 
-    from modeling_tinyllava import CHAT_TEMPLATES
+    from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 
     from .data import trl_messages_records
     from .models import IMAGE_SIZE
@@ -285,7 +285,8 @@ def run_plain(spec: dict, output_dir: str, info: dict) -> StepRecorder:
     import torch
     import trl  # noqa: F401  (same imported libraries as the TRL runs, for a fair RSS comparison)
 
-    from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+    from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+    from tinyllava_hf.chat_templates import CHAT_TEMPLATES
     from tinyllava_hf.training.arguments import DataArguments
     from tinyllava_hf.training.collator import TinyLlavaCollator
     from tinyllava_hf.training.data import load_training_dataset

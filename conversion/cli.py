@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--tokenizer", help="tokenizer directory, when SRC has none")
         sub.add_argument(
             "--chat-template",
-            help="template name (phi, llama, gemma, qwen2_base, qwen2_instruct); "
-            "default: the original's for the LLM family",
+            help="chat template: phi, llama, gemma, qwen2_base, qwen2_instruct, llm (the tokenizer's own), "
+            "a .jinja file or a Jinja string; default: the original's for the LLM family",
         )
         sub.add_argument("--no-verify", action="store_true", help="skip the strict reload and the logit comparison")
         sub.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="largest accepted logit difference")

@@ -14,6 +14,7 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from modeling_tinyllava.configuration_tinyllava import VISION_MODEL_TYPES_WITH_CLS
 from modeling_tinyllava.processing_tinyllava import processed_image_size
 
 from .errors import ConversionError
@@ -26,7 +27,6 @@ from .tensor_io import DTYPES
 
 logger = logging.getLogger(__name__)
 
-TOWERS_WITH_CLS = ("clip_vision_model", "dinov2")
 # Vision towers LLaVA serving engines implement (vLLM's LLaVA: CLIP, SigLIP, Pixtral).
 SERVABLE_TOWERS = ("clip_vision_model", "siglip_vision_model")
 
@@ -165,7 +165,7 @@ def to_llava(
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         chat_template=processor.chat_template,
         image_token=processor.image_token,
-        num_additional_image_tokens=int(config.vision_config.model_type in TOWERS_WITH_CLS),
+        num_additional_image_tokens=int(config.vision_config.model_type in VISION_MODEL_TYPES_WITH_CLS),
     )
     diff = _logit_diff(model, processor, llava, llava_processor)
     if not reasons and diff != 0.0:

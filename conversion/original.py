@@ -165,7 +165,8 @@ def convert_original(
         max_shard_size: largest output safetensors file, e.g. `"5GB"`.
         tokenizer_dir: where the tokenizer is, when not in `src`.
         vision_config: legacy only: the vision tower's config.json, when `mm_vision_tower` is not a known tower.
-        chat_template: a `CHAT_TEMPLATES` name; default: the original's template for the LLM family.
+        chat_template: a built-in template name, `"llm"` (the tokenizer's own), a `.jinja` file or a Jinja string;
+            default: the original's template for the LLM family (see `tinyllava_hf.chat_templates`).
         verify: load the output strictly and compare its logits with the original forward replayed on the weights.
         atol: largest accepted max abs logit difference (fp32).
         source_repo: the Hub repo `src` was downloaded from, recorded as the source in `conversion.json`.

@@ -14,9 +14,11 @@ from transformers.models.bit import BitImageProcessorPil
 from transformers.models.clip import CLIPImageProcessorPil
 from transformers.models.siglip import SiglipImageProcessorPil
 
-from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaConfig, TinyLlavaProcessor
-from modeling_tinyllava.processing_tinyllava import add_image_token, default_chat_template_name, processed_image_size
+from modeling_tinyllava import TinyLlavaConfig, TinyLlavaProcessor
+from modeling_tinyllava.processing_tinyllava import processed_image_size
 
+from ..assembly import add_image_token
+from ..chat_templates import resolve_chat_template
 from .errors import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -69,18 +71,22 @@ def build_processor(
     """A `TinyLlavaProcessor` for a converted checkpoint, replicating the original's prompt tokenization.
 
     Args:
-        chat_template: a `CHAT_TEMPLATES` name; None picks the original's template for the LLM family.
+        chat_template: a built-in template name, `"llm"` (the tokenizer's own), a `.jinja` file or a Jinja string;
+            None picks the original's template for the LLM family (see `tinyllava_hf.chat_templates`).
+
+    Raises:
+        ConversionError: for a chat template that does not resolve.
     """
-    family = config.text_config.model_type
-    name = chat_template or default_chat_template_name(family, tokenizer)
-    if name not in CHAT_TEMPLATES:
-        raise ConversionError(f"--chat-template {name!r} is not one of {sorted(CHAT_TEMPLATES)}.")
+    try:
+        template = resolve_chat_template(chat_template, tokenizer, config.text_config.model_type)
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"--chat-template: {error}") from error
     # The original tokenizes the text around each <image> separately (reference §2.1); for SentencePiece tokenizers
     # that differs from one pass (an extra "▁" after the image).
     return TinyLlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATES[name],
+        chat_template=template,
         num_image_tokens=config.get_num_image_tokens(*processed_image_size(image_processor)),
         image_aspect_ratio=image_aspect_ratio,
         chunked_image_tokenization=True,

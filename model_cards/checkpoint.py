@@ -11,6 +11,8 @@ from typing import Any
 
 from safetensors import safe_open
 
+from ..chat_templates import chat_template_name as builtin_name
+
 logger = logging.getLogger(__name__)
 
 TINYLLAVA_MODEL_TYPE = "tinyllava_hf"
@@ -130,19 +132,12 @@ def llava_blockers(config: dict) -> list[str]:
 
 
 def chat_template_name(checkpoint_dir: Path, llm_type: str) -> str | None:
-    """The name of the built-in chat template the checkpoint uses (`modeling_tinyllava.CHAT_TEMPLATES`), "custom"
-    for another one, or None when there is none.
-
-    Some built-in templates are the same text (the original's phi and qwen2_base); the LLM family's name wins.
-    """
+    """The name of the built-in chat template the checkpoint uses (`tinyllava_hf.chat_templates`), "custom" for
+    another one, or None when there is none."""
     path = checkpoint_dir / "chat_template.jinja"
     if not path.is_file():
         return None
-    from modeling_tinyllava import CHAT_TEMPLATES
-
-    template = path.read_text(encoding="utf-8").strip()
-    names = [name for name, text in CHAT_TEMPLATES.items() if text.strip() == template]
-    return next((name for name in names if name.startswith(llm_type)), names[0] if names else "custom")
+    return builtin_name(path.read_text(encoding="utf-8"), llm_type)
 
 
 def read_architecture(checkpoint_dir: Path) -> Architecture:

@@ -1,7 +1,9 @@
 """TinyLLaVA for transformers: importing this package registers the classes with the Auto classes.
 
-The three modules beside this file are self-contained (they import only each other, transformers and torch), so they
-ship unchanged inside every saved checkpoint as Hub remote code.
+The three modules beside this file (configuration, modeling, processing, as in transformers' `models/llava/`) are
+self-contained: they import only each other, transformers and torch, and ship unchanged inside every saved checkpoint
+as Hub remote code. Building a NEW model from pretrained parts is `tinyllava_hf.assembly`'s job; the original chat
+templates (`chat_templates/*.jinja`) are read by `tinyllava_hf.chat_templates`.
 """
 
 from transformers import (
@@ -13,8 +15,14 @@ from transformers import (
 )
 
 from .configuration_tinyllava import TinyLlavaConfig
-from .modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaModel, TinyLlavaPreTrainedModel
-from .processing_tinyllava import CHAT_TEMPLATES, TinyLlavaProcessor
+from .modeling_tinyllava import (
+    TinyLlavaCausalLMOutputWithPast,
+    TinyLlavaForConditionalGeneration,
+    TinyLlavaModel,
+    TinyLlavaModelOutputWithPast,
+    TinyLlavaPreTrainedModel,
+)
+from .processing_tinyllava import TinyLlavaProcessor
 
 AutoConfig.register(TinyLlavaConfig.model_type, TinyLlavaConfig, exist_ok=True)
 AutoModel.register(TinyLlavaConfig, TinyLlavaModel, exist_ok=True)
@@ -30,10 +38,11 @@ TinyLlavaForConditionalGeneration.register_for_auto_class("AutoModelForImageText
 TinyLlavaProcessor.register_for_auto_class()
 
 __all__ = [
-    "CHAT_TEMPLATES",
+    "TinyLlavaCausalLMOutputWithPast",
     "TinyLlavaConfig",
     "TinyLlavaForConditionalGeneration",
     "TinyLlavaModel",
+    "TinyLlavaModelOutputWithPast",
     "TinyLlavaPreTrainedModel",
     "TinyLlavaProcessor",
 ]

@@ -4,12 +4,53 @@
 the `<image>` placeholder positions of the LM input; `TinyLlavaForConditionalGeneration` puts `lm_head` on top.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+from transformers.utils.output_capturing import select_hidden_states
 
 from .configuration_tinyllava import MLP_CONNECTOR_PATTERN, TinyLlavaConfig, validate_connector_type
+
+
+def stack_image_features(image_outputs: BaseModelOutputWithPooling | None) -> torch.Tensor | None:
+    """The per-image features of `get_image_features` as one `(num_images, num_image_tokens, hidden)` tensor."""
+    return None if image_outputs is None else torch.stack(list(image_outputs.pooler_output))
+
+
+@dataclass
+class TinyLlavaModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    r"""Output of [`TinyLlavaModel`]: the LM backbone's output, plus `image_outputs`, the vision tower's output whose
+    `pooler_output` holds the connector output of each image (`(num_image_tokens, text_hidden_size)` each).
+
+    `image_hidden_states` stacks those into `(num_images, num_image_tokens, text_hidden_size)`: the features written
+    into the `<image>` placeholder positions (None when the batch had no images).
+    """
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        return stack_image_features(self.image_outputs)
+
+
+@dataclass
+class TinyLlavaCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    r"""Output of [`TinyLlavaForConditionalGeneration`]: loss, logits, cache, the LM's hidden states and attentions,
+    and `image_outputs` (see [`TinyLlavaModelOutputWithPast`]).
+
+    `image_hidden_states` is `(num_images, num_image_tokens, text_hidden_size)`: the connector output written into the
+    `<image>` placeholder positions (None when the batch had no images).
+    """
+
+    @property
+    def image_hidden_states(self) -> torch.FloatTensor | None:
+        return stack_image_features(self.image_outputs)
 
 
 class PerceiverAttention(nn.Module):
@@ -111,6 +152,13 @@ class TinyLlavaPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _skip_keys_device_placement = ["cache"]
 
+    def post_init(self):
+        super().post_init()
+        # The union gathered from the towers names classes of their *full* models (e.g. SiglipTextEmbeddings from
+        # the SigLIP/CLIP base class), which FSDP auto-wrap rejects when missing: keep the classes this model holds.
+        present = {type(module).__name__ for module in self.modules()}
+        self._no_split_modules = {name for name in self._no_split_modules if name in present}
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, PerceiverResampler):
@@ -133,25 +181,42 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Encodes images into LM-space features.
+    @merge_with_config_defaults
+    @can_return_tuple
+    @select_hidden_states("vision_feature_layer")
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Encodes images into LM-space features, in the shape of transformers' `LlavaModel.get_image_features`.
+
+        The tower's hidden state(s) `vision_feature_layer` are taken (a list is concatenated on the feature dimension);
+        `"default"` drops the first token of each (CLS for CLIP/DINOv2; SigLIP has none, and the original drops its
+        first *patch*), `"full"` keeps all. The connector projects them; `image_features_scale` multiplies the result.
 
         Args:
             pixel_values: `(num_images, channels, height, width)`, all images of the batch flattened.
+            vision_feature_layer, vision_feature_select_strategy: default to the config's.
+            **kwargs: passed to the vision tower.
 
         Returns:
-            `(num_images, num_image_tokens, text_hidden_size)`.
+            The vision tower's `BaseModelOutputWithPooling`, whose `pooler_output` is a list of `num_images` tensors
+            `(num_image_tokens, text_hidden_size)`.
         """
-        layers = self.config.vision_feature_layer
         pixel_values = pixel_values.to(dtype=self.vision_tower.dtype)
-        hidden_states = self.vision_tower(pixel_values, output_hidden_states=layers, return_dict=True).hidden_states
-        selected = [hidden_states[layer] for layer in ([layers] if isinstance(layers, int) else layers)]
-        if self.config.vision_feature_select_strategy == "default":
+        image_outputs = self.vision_tower(pixel_values, return_dict=True, **kwargs)
+        layers = [vision_feature_layer] if isinstance(vision_feature_layer, int) else vision_feature_layer
+        selected = [image_outputs.hidden_states[layer] for layer in layers]
+        if vision_feature_select_strategy == "default":
             selected = [features[:, 1:] for features in selected]
         image_features = self.connector(torch.cat(selected, dim=-1))
         if self.config.image_features_scale != 1.0:
             image_features = image_features * torch.tensor(self.config.image_features_scale, dtype=image_features.dtype)
-        return image_features
+        image_outputs.pooler_output = list(image_features)
+        return image_outputs
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Boolean mask `(batch, seq_len)` of the `<image>` placeholder positions."""
@@ -180,6 +245,7 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         mask = mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
         return inputs_embeds.masked_scatter(mask, image_features.to(inputs_embeds.device, inputs_embeds.dtype))
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -190,33 +256,38 @@ class TinyLlavaModel(TinyLlavaPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> tuple | TinyLlavaModelOutputWithPast:
         """Args:
             input_ids: `(batch, seq_len)` with `image_token_id` at every image placeholder position.
             pixel_values: `(num_images, channels, height, width)`, the images of all samples in order.
             inputs_embeds: `(batch, seq_len, hidden)`, instead of `input_ids`.
 
         Returns:
-            The LM backbone's output; `last_hidden_state` is `(batch, seq_len, hidden)`.
+            [`TinyLlavaModelOutputWithPast`]: `last_hidden_state` `(batch, seq_len, hidden)`, the LM's cache, hidden
+            states and attentions, and the image features.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        image_outputs = None
         if pixel_values is not None:
             if len(pixel_values):
-                image_features = self.get_image_features(pixel_values)
+                image_outputs = self.get_image_features(pixel_values, return_dict=True)
+                image_features = stack_image_features(image_outputs)
             else:  # a text-only batch; merging still checks that it has no placeholders
                 image_features = inputs_embeds.new_zeros(0, 0, inputs_embeds.shape[-1])
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_features)
-        return self.language_model(
+        outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
+        return TinyLlavaModelOutputWithPast(**outputs, image_outputs=image_outputs)
 
 
 class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixin):
@@ -243,10 +314,22 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
         """See [`TinyLlavaModel.get_image_features`]."""
-        return self.model.get_image_features(pixel_values)
+        return self.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            **kwargs,
+        )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -259,14 +342,15 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> tuple | TinyLlavaCausalLMOutputWithPast:
         """Args:
             labels: `(batch, seq_len)` next-token targets (shifted inside the loss); -100 is ignored.
             logits_to_keep: if an int N > 0, compute logits for the last N positions only; if a tensor, the
                 positions to keep.
 
         Returns:
-            `CausalLMOutputWithPast` with `logits` `(batch, kept_positions, vocab)` and the loss when `labels` is given.
+            [`TinyLlavaCausalLMOutputWithPast`] with `logits` `(batch, kept_positions, vocab)`, the loss when `labels`
+            is given, and the image features; a tuple with `return_dict=False`.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -276,6 +360,7 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -290,12 +375,13 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(
+        return TinyLlavaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
         )
 
     @classmethod
@@ -314,46 +400,33 @@ class TinyLlavaForConditionalGeneration(TinyLlavaPreTrainedModel, GenerationMixi
         [`TinyLlavaProcessor.from_pretrained_components`], which makes the matching processor), and the embeddings
         are resized when that token is new to the vocabulary.
 
+        A thin entry point to `tinyllava_hf.assembly` (installed with `pip install tinyllava-hf`; a checkpoint's
+        remote code does not carry it).
+
         Args:
             llm: a local directory or Hub id of a causal LM.
             vision_tower: a local directory or Hub id of a CLIP, SigLIP or DINOv2 model (vision part or full model).
             connector_type: see [`TinyLlavaConfig`].
             dtype: dtype of the assembled model.
             **config_kwargs: other [`TinyLlavaConfig`] fields (`vision_feature_layer`, `num_queries`, ...).
+
+        Raises:
+            ImportError: when the `tinyllava_hf` package is not installed.
         """
-        from .processing_tinyllava import load_component_configs, load_tokenizer_with_image_token
-
-        tokenizer = load_tokenizer_with_image_token(llm)
-        text_config, vision_config = load_component_configs(llm, vision_tower)
-        config = TinyLlavaConfig(
-            text_config=text_config,
-            vision_config=vision_config,
-            connector_type=connector_type,
-            image_token_id=tokenizer.convert_tokens_to_ids(tokenizer.image_token),
-            **config_kwargs,
-        )
-        language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
-        vision_model = AutoModel.from_pretrained(vision_tower, config=vision_config, dtype=dtype)
-        with torch.device("meta"):
-            model = cls(config)
-        # Swap in the pretrained parts, then materialise the only fresh module, the connector.
-        model.model.language_model = getattr(language_model, language_model.base_model_prefix)
-        model.model.vision_tower = vision_model
-        lm_head = language_model.get_output_embeddings()
-        if config.lm_head_bias and lm_head.bias is None:
-            raise ValueError(f"{llm} has an LM head without bias, but lm_head_bias=True was requested.")
-        model.lm_head = lm_head
-        model.model.connector = build_connector(config).to(
-            dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        )
-        model.model.connector.apply(model._init_weights)
-        model.config.dtype = model.model.language_model.dtype
-        if len(tokenizer) > config.text_config.vocab_size:
-            model.resize_token_embeddings(len(tokenizer))
-        model.tie_weights()
-        model.generation_config = language_model.generation_config
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        return model.eval()
+        try:  # in a try block, so that loading this file as remote code does not require the package
+            from tinyllava_hf.assembly import assemble_model
+        except ImportError as error:
+            raise ImportError(
+                "TinyLlavaForConditionalGeneration.from_pretrained_components assembles a new model with the "
+                "TinyLLaVA-HF tools: pip install tinyllava-hf"
+            ) from error
+        return assemble_model(cls, llm, vision_tower, connector_type=connector_type, dtype=dtype, **config_kwargs)
 
 
-__all__ = ["TinyLlavaForConditionalGeneration", "TinyLlavaModel", "TinyLlavaPreTrainedModel"]
+__all__ = [
+    "TinyLlavaCausalLMOutputWithPast",
+    "TinyLlavaForConditionalGeneration",
+    "TinyLlavaModel",
+    "TinyLlavaModelOutputWithPast",
+    "TinyLlavaPreTrainedModel",
+]

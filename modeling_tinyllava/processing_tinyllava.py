@@ -1,135 +1,18 @@
-"""Processor for TinyLLaVA: the original image handling, `<image>` expansion, tokenization and chat templates."""
+"""Processor for TinyLLaVA: the original image handling, `<image>` expansion and tokenization.
+
+Ships as Hub remote code with every checkpoint, so it holds only what a loaded processor needs; building a NEW
+processor from pretrained parts (tokenizer setup, chat-template choice) lives in `tinyllava_hf.assembly`.
+"""
 
 import os
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedConfig, ProcessorMixin
-from transformers.tokenization_utils_base import AddedToken
-
-from .configuration_tinyllava import TinyLlavaConfig
+from transformers import ProcessorMixin
 
 IMAGE_TOKEN = "<image>"
 IMAGE_ASPECT_RATIOS = ("square", "pad")
-
-# The system prompt shared by every conversation template of the original.
-SYSTEM_PROMPT = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-
-# Sets `num_images` and `text` for `message`, whose content is a string with inline "<image>" markers or a list of
-# {"type": "image"} / {"type": "text"} parts.
-_READ_MESSAGE = (
-    "{%- if message['content'] is string -%}"
-    "{%- set num_images = message['content'].count('<image>') -%}"
-    "{%- set text = message['content'].replace('<image>', '') -%}"
-    "{%- else -%}"
-    "{%- set num_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}"
-    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') -%}"
-    "{%- endif -%}"
-)
-
-# `USER: <q> ASSISTANT: <a><eos>` turns after the system prompt. The original moves every image to the front of its
-# user turn ("<image>\n" + text.strip()) and renders an open assistant turn as "ASSISTANT:" with no trailing space.
-# `{% generation %}` marks exactly what the original supervises: the answer (with its leading space, which merges into
-# the answer's first token) and the end-of-turn string.
-_CONVERSATION_TEMPLATE = (
-    "{%- set ns = namespace(system='" + SYSTEM_PROMPT.replace("'", "\\'") + "', start=0) -%}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set ns.start = 1 -%}"
-    "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"
-    "{%- else -%}{%- set ns.system = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
-    "| map(attribute='text') | join('') -%}{%- endif -%}"
-    "{%- endif -%}"
-    "{{- ns.system + ' ' -}}"
-    "{%- for message in messages[ns.start:] -%}" + _READ_MESSAGE + "{%- if message['role'] == 'user' -%}"
-    "{%- if num_images > 0 -%}{%- set text = '<image>\\n' * num_images + text | trim -%}{%- endif -%}"
-    "{{- 'USER: ' + text + ' ' -}}"
-    "{%- elif message['role'] == 'assistant' -%}"
-    "{{- 'ASSISTANT:' -}}{%- generation -%}{{- ' ' + text + '@EOS@' -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
-)
-
-# Pretraining on captions: every user turn is just its image(s) (the question is ignored; like the original, a turn
-# renders at least one "<image>") and every answer is followed by a newline, with no system prompt and no end-of-turn.
-_PRETRAIN_TEMPLATE = (
-    "{%- for message in messages -%}"
-    + _READ_MESSAGE
-    + "{%- if message['role'] == 'user' -%}{{- '<image>' * ([num_images, 1] | max) -}}"
-    "{%- elif message['role'] == 'assistant' -%}{%- generation -%}{{- text + '\\n' -}}{%- endgeneration -%}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-)
-
-# End-of-turn strings of the original templates (reference §3.2).
-_TEMPLATE_EOS = {
-    "phi": "<|endoftext|>",
-    "qwen2_base": "<|endoftext|>",
-    "qwen2_instruct": "<|im_end|>",
-    "llama": "</s>",
-    "gemma": "<eos>",
-}
-CHAT_TEMPLATES = {name: _CONVERSATION_TEMPLATE.replace("@EOS@", eos) for name, eos in _TEMPLATE_EOS.items()}
-CHAT_TEMPLATES["pretrain"] = _PRETRAIN_TEMPLATE
-
-# The original's template for each LLM family (its README's conv_version mapping).
-DEFAULT_TEMPLATE_FOR_MODEL_TYPE = {
-    "phi": "phi",
-    "stablelm": "phi",
-    "llama": "llama",
-    "gemma": "gemma",
-    "qwen2": "qwen2_base",
-}
-
-
-def default_chat_template_name(text_model_type: str, tokenizer) -> str:
-    """The original's template for an LLM family; Qwen2 tokenizers ending turns with `<|im_end|>` are instruct models."""
-    if text_model_type == "qwen2" and tokenizer.eos_token == "<|im_end|>":
-        return "qwen2_instruct"
-    if text_model_type not in DEFAULT_TEMPLATE_FOR_MODEL_TYPE:
-        raise ValueError(
-            f"No default chat template for LLM family {text_model_type!r}; pass chat_template= one of "
-            f"{sorted(CHAT_TEMPLATES)} or 'llm' for the tokenizer's own template."
-        )
-    return DEFAULT_TEMPLATE_FOR_MODEL_TYPE[text_model_type]
-
-
-def add_image_token(tokenizer, text_model_type: str):
-    """Prepares an LLM tokenizer for TinyLLaVA.
-
-    Adds `<image>` as a special token, sets the pad token by the original's rules (reference §1.4) and pads on the
-    left, as batched generation (and the image-text-to-text pipeline, which pads with the tokenizer's side) needs.
-    Training collators pad on the right explicitly.
-    """
-    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"  # init_kwargs is what gets saved
-    tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
-    tokenizer.image_token = IMAGE_TOKEN
-    if text_model_type in ("phi", "llama", "gemma") and tokenizer.unk_token is not None:
-        tokenizer.pad_token = tokenizer.unk_token
-    elif text_model_type == "qwen2" and tokenizer.unk_token is None:
-        tokenizer.unk_token = tokenizer.pad_token
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_tokenizer_with_image_token(llm: str, **tokenizer_kwargs):
-    """The tokenizer of `llm` with `<image>` added and its pad token set."""
-    tokenizer = AutoTokenizer.from_pretrained(llm, **tokenizer_kwargs)
-    return add_image_token(tokenizer, AutoConfig.from_pretrained(llm).model_type)
-
-
-def load_component_configs(llm: str, vision_tower: str) -> tuple[PreTrainedConfig, PreTrainedConfig]:
-    """Text and vision configs of pretrained components; a dual CLIP/SigLIP config is reduced to its vision part."""
-    vision_config = AutoConfig.from_pretrained(vision_tower)
-    vision_config = getattr(vision_config, "vision_config", None) or vision_config
-    if getattr(vision_config, "vision_use_head", False):
-        vision_config.vision_use_head = False  # SigLIP's pooling head: TinyLLaVA never uses it, so don't compute it
-    return AutoConfig.from_pretrained(llm), vision_config
 
 
 def processed_image_size(image_processor) -> tuple[int, int]:
@@ -160,7 +43,11 @@ def chunk_start_prefix(tokenizer, image_token: str = IMAGE_TOKEN) -> str:
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-    """Centres `image` on a square canvas of its longer side filled with `background` (the original `pad` mode)."""
+    """Centres `image` on a square canvas of its longer side filled with `background` (the original `pad` mode).
+
+    Kept instead of an image processor's padding: the towers' processors (SigLIP, CLIP, BiT) have no square padding,
+    and this PIL paste is the original's exact operation (same offsets and integer background colour).
+    """
     width, height = image.size
     if width == height:
         return image
@@ -176,8 +63,20 @@ def flatten_images(images) -> list:
     return [image for item in images for image in flatten_images(item)]
 
 
+def is_empty_media(media) -> bool:
+    """Whether `media` is None or a (nested) list or tuple with no item in it."""
+    return media is None or (isinstance(media, (list, tuple)) and all(is_empty_media(item) for item in media))
+
+
 def load_image(image) -> Image.Image:
-    """Opens a path (or passes a PIL image through) and converts it to RGB as the original does."""
+    """The package's one image loader: opens a path (or passes a PIL image or array through) as an RGB PIL image.
+
+    Not `transformers.image_utils.load_image`: that one applies the EXIF orientation (the original does not, so the
+    pixels would differ) and reads an unknown string as base64 or a URL, hiding a mistyped path.
+
+    Raises:
+        ValueError: naming the file when it cannot be decoded, or the type of an unsupported input.
+    """
     if isinstance(image, (str, os.PathLike)):
         try:
             with Image.open(image) as opened:
@@ -197,7 +96,7 @@ class TinyLlavaProcessor(ProcessorMixin):
     Args:
         image_processor: the vision tower's image processor (e.g. `SiglipImageProcessor`, `CLIPImageProcessor`).
         tokenizer: the LLM's tokenizer, with `<image>` added as a special token.
-        chat_template: a Jinja chat template; see `CHAT_TEMPLATES` for the original conversation styles.
+        chat_template: a Jinja chat template; `tinyllava_hf.chat_templates` has the original conversation styles.
         image_token: the placeholder token.
         num_image_tokens: placeholders per image; each `<image>` in the text expands to this many.
         image_aspect_ratio: `"square"` feeds images to the image processor as they are; `"pad"` first centres them
@@ -235,7 +134,14 @@ class TinyLlavaProcessor(ProcessorMixin):
         return self.image_token * self.num_image_tokens + self._image_suffix
 
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        outputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        # TinyLLaVA reads images and text only. Generic harnesses send empty lists of the other media (lmms-eval's
+        # `huggingface` model passes `videos=[]` and `audios=[]`), which transformers 5 would reject: drop those.
+        for name, media in (("videos", videos), ("audio", audio), ("audios", kwargs.pop("audios", None))):
+            if not is_empty_media(media):
+                raise ValueError(
+                    f"TinyLlavaProcessor handles images and text only, but got a non-empty {name}= argument."
+                )
+        outputs = super().__call__(images=images, text=text, **kwargs)
         # Text-only inputs get an empty image batch, so that they collate with image samples (the pipeline
         # concatenates `pixel_values` of its samples) and the model still checks that no placeholder is left empty.
         if "pixel_values" not in outputs and isinstance(outputs.get("input_ids"), torch.Tensor):
@@ -267,38 +173,39 @@ class TinyLlavaProcessor(ProcessorMixin):
     ) -> "TinyLlavaProcessor":
         """The processor matching [`TinyLlavaForConditionalGeneration.from_pretrained_components`].
 
+        A thin entry point to `tinyllava_hf.assembly` (installed with `pip install tinyllava-hf`; a checkpoint's
+        remote code does not carry it).
+
         Args:
-            llm: a local directory or Hub id of a causal LM (its tokenizer is used).
+            llm: a local directory or Hub id of a causal LM (its tokenizer is used, with `<image>` added).
             vision_tower: a local directory or Hub id of a CLIP, SigLIP or DINOv2 model (its image processor is used).
-            chat_template: a name from `CHAT_TEMPLATES`, `"llm"` for the tokenizer's own template, a Jinja string,
-                or None for the original's template for the LLM family.
+            chat_template: a built-in name (`tinyllava_hf.chat_templates.CHAT_TEMPLATES`), `"llm"` for the LLM
+                tokenizer's own template, a `.jinja` file, a Jinja string, or None for the original's template for
+                the LLM family.
             image_aspect_ratio: `"square"` or `"pad"`.
             model_max_length: overrides the tokenizer's maximum length.
             **config_kwargs: the same [`TinyLlavaConfig`] fields given to the model (`connector_type`,
                 `vision_feature_select_strategy`, ...), which decide the number of image tokens.
+
+        Raises:
+            ImportError: when the `tinyllava_hf` package is not installed.
         """
-        tokenizer_kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
-        tokenizer = load_tokenizer_with_image_token(llm, **tokenizer_kwargs)
-        text_config, vision_config = load_component_configs(llm, vision_tower)
-        config = TinyLlavaConfig(text_config=text_config, vision_config=vision_config, **config_kwargs)
-        image_processor = AutoImageProcessor.from_pretrained(vision_tower)
-        if chat_template is None:
-            chat_template = CHAT_TEMPLATES[default_chat_template_name(text_config.model_type, tokenizer)]
-        elif chat_template == "llm":
-            chat_template = tokenizer.chat_template
-        elif chat_template in CHAT_TEMPLATES:
-            chat_template = CHAT_TEMPLATES[chat_template]
-        elif "{" not in chat_template:
-            raise ValueError(
-                f"Unknown chat template {chat_template!r}; expected one of {sorted(CHAT_TEMPLATES)}, 'llm' or Jinja."
-            )
-        return cls(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
+        try:  # in a try block, so that loading this file as remote code does not require the package
+            from tinyllava_hf.assembly import assemble_processor
+        except ImportError as error:
+            raise ImportError(
+                "TinyLlavaProcessor.from_pretrained_components builds a new processor with the TinyLLaVA-HF tools: "
+                "pip install tinyllava-hf"
+            ) from error
+        return assemble_processor(
+            cls,
+            llm,
+            vision_tower,
             chat_template=chat_template,
-            num_image_tokens=config.get_num_image_tokens(*processed_image_size(image_processor)),
             image_aspect_ratio=image_aspect_ratio,
+            model_max_length=model_max_length,
+            **config_kwargs,
         )
 
 
-__all__ = ["CHAT_TEMPLATES", "TinyLlavaProcessor"]
+__all__ = ["TinyLlavaProcessor", "load_image"]

@@ -119,7 +119,7 @@ def test_legacy_checkpoint(components_dir, tmp_path):
     features = full_tower(pixels, output_hidden_states=True).hidden_states[-2]
     expected = torch.nn.functional.gelu(features @ connector["0.weight"].T + connector["0.bias"])
     expected = expected @ connector["2.weight"].T + connector["2.bias"]
-    torch.testing.assert_close(model.get_image_features(pixels), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(model.get_image_features(pixels).pooler_output), expected, atol=1e-5, rtol=0)
     processor = TinyLlavaProcessor.from_pretrained(tmp_path / "dst")
     assert processor.image_aspect_ratio == "pad" and processor.num_image_tokens == 16
     notes = json.loads((tmp_path / "dst" / "conversion.json").read_text())["notes"]

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 from tinyllava_hf.conversion import convert_original
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
@@ -118,7 +119,9 @@ def test_vision_features_and_connector(reference, converted):
     hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
     torch.testing.assert_close(torch.stack(hidden), reference["vision_hidden_states_all"], atol=1e-5, rtol=0)
     torch.testing.assert_close(hidden[-2][:, 1:], reference["vision_features_selected"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(model.get_image_features(pixels), reference["connector_out"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.stack(model.get_image_features(pixels).pooler_output), reference["connector_out"], atol=1e-5, rtol=0
+    )
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from transformers import (
     AutoProcessor,
     pipeline,
 )
+from transformers.dynamic_module_utils import get_imports
 
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaModel, TinyLlavaProcessor
 
@@ -56,6 +57,19 @@ def test_saved_dir_is_a_complete_hub_repo(saved_model_dir):
     assert processor_map == {"AutoProcessor": "processing_tinyllava.TinyLlavaProcessor"}
 
 
+def test_remote_code_is_only_the_config_modeling_processing_trio(saved_model_dir):
+    # Assembly and the built-in template files stay in the package: a checkpoint carries its own template.
+    files = set(os.listdir(saved_model_dir))
+    assert {name for name in files if name.endswith(".py")} == REMOTE_CODE_FILES
+    assert {name for name in files if name.endswith(".jinja")} == {"chat_template.jinja"}
+    for name in REMOTE_CODE_FILES:
+        # transformers' check_imports demands every package these files import (imports inside `try` are exempt),
+        # so the lazy import of the assembly tools must not make a remote-code user install them.
+        assert not {"tinyllava_hf", "modeling_tinyllava"} & set(get_imports(saved_model_dir / name)), name
+    for name in ("modeling_tinyllava.py", "processing_tinyllava.py"):
+        assert "from tinyllava_hf.assembly import" in (saved_model_dir / name).read_text()
+
+
 def test_auto_classes_load_the_saved_model_with_identical_logits(tiny_model_and_processor, saved_model_dir):
     model, processor = tiny_model_and_processor
     inputs = _inputs(processor)
@@ -89,6 +103,14 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     pipe = pipeline("image-text-to-text", model=path, trust_remote_code=True)
     out = pipe(text=reference["messages"], max_new_tokens=3, return_full_text=False)
     print("GENERATED", repr(out[0]["generated_text"]))
+    sys.modules["tinyllava_hf"] = None  # without the tools, assembling a new model says what to install
+    for cls in (type(model), type(processor)):
+        try:
+            cls.from_pretrained_components("llm", "vision_tower")
+        except ImportError as error:
+            assert "pip install tinyllava-hf" in str(error), error
+        else:
+            raise AssertionError(f"{cls.__name__}.from_pretrained_components ran without tinyllava_hf")
     """
 )
 

@@ -20,7 +20,7 @@ from transformers import (
     SiglipImageProcessorPil,
 )
 
-from modeling_tinyllava import CHAT_TEMPLATES
+from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 from tinyllava_hf.model_cards import merge_eval_results, write_model_card
 from tinyllava_hf.model_cards.card import placeholder_repo_id
 from tinyllava_hf.model_cards.checkpoint import read_architecture

@@ -7,7 +7,12 @@ import pytest
 import torch
 from conftest import LLM_FAMILIES, assemble, chat, make_image
 
-from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration
+from modeling_tinyllava import (
+    TinyLlavaCausalLMOutputWithPast,
+    TinyLlavaConfig,
+    TinyLlavaForConditionalGeneration,
+    TinyLlavaModelOutputWithPast,
+)
 
 
 def _inputs(processor, messages, **kwargs):
@@ -83,7 +88,7 @@ def test_inputs_embeds_logits_to_keep_hidden_states_and_attentions(tiny_model_an
     embeds = model.model.merge_image_features(
         inputs["input_ids"],
         model.get_input_embeddings()(inputs["input_ids"]),
-        model.get_image_features(inputs["pixel_values"]),
+        torch.stack(model.get_image_features(inputs["pixel_values"]).pooler_output),
     )
     from_embeds = model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
     torch.testing.assert_close(from_embeds.logits, full.logits)
@@ -212,7 +217,11 @@ def test_resampler_connector_outputs_num_queries_tokens(components_dir):
     keys = set(model.model.connector.state_dict())
     assert {"latents", "linear.weight", "layers.1.0.to_kv.weight", "layers.1.1.3.weight", "norm.weight"} <= keys
     inputs = _inputs(processor, chat(image=make_image()))
-    assert model.get_image_features(inputs["pixel_values"]).shape == (1, 4, model.config.text_config.hidden_size)
+    assert torch.stack(model.get_image_features(inputs["pixel_values"]).pooler_output).shape == (
+        1,
+        4,
+        model.config.text_config.hidden_size,
+    )
     assert torch.isfinite(model(**inputs).logits).all()
 
 
@@ -227,22 +236,26 @@ def test_vision_feature_layers_are_concatenated(components_dir):
     pixel_values = _inputs(processor, chat(image=make_image()))["pixel_values"]
     hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
     expected = model.model.connector(torch.cat([hidden[-2], hidden[-1]], dim=-1))
-    torch.testing.assert_close(model.get_image_features(pixel_values), expected)
+    torch.testing.assert_close(torch.stack(model.get_image_features(pixel_values).pooler_output), expected)
 
 
 def test_default_strategy_drops_the_first_token(components_dir):
     model, processor = assemble(components_dir, "llama", "siglip", vision_feature_select_strategy="default")
     pixel_values = _inputs(processor, chat(image=make_image()))["pixel_values"]
     hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2]
-    torch.testing.assert_close(model.get_image_features(pixel_values), model.model.connector(hidden[:, 1:]))
+    torch.testing.assert_close(
+        torch.stack(model.get_image_features(pixel_values).pooler_output), model.model.connector(hidden[:, 1:])
+    )
 
 
 def test_image_features_scale_multiplies_the_connector_output(components_dir):
     model, processor = assemble(components_dir, "gemma", "siglip")
     pixel_values = _inputs(processor, chat(image=make_image()))["pixel_values"]
-    plain = model.get_image_features(pixel_values)
+    plain = torch.stack(model.get_image_features(pixel_values).pooler_output)
     model.config.image_features_scale = math.sqrt(model.config.text_config.hidden_size)
-    torch.testing.assert_close(model.get_image_features(pixel_values), plain * model.config.image_features_scale)
+    torch.testing.assert_close(
+        torch.stack(model.get_image_features(pixel_values).pooler_output), plain * model.config.image_features_scale
+    )
 
 
 def test_unknown_connector_and_model_types_are_errors():
@@ -284,3 +297,43 @@ def test_config_is_self_contained_and_builds_offline():
     assert restored.tie_word_embeddings and restored.vision_feature_select_strategy == "full"
     model = TinyLlavaForConditionalGeneration(restored)
     assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_outputs_carry_the_image_features_and_return_dict_false_gives_a_tuple(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    inputs = _inputs(processor, chat(image=make_image()))
+    out = model(**inputs)
+    assert isinstance(out, TinyLlavaCausalLMOutputWithPast)
+    features = torch.stack(model.get_image_features(inputs["pixel_values"]).pooler_output)
+    assert out.image_hidden_states.shape == (1, processor.num_image_tokens, model.config.text_config.hidden_size)
+    torch.testing.assert_close(out.image_hidden_states, features)
+    backbone = model.model(**inputs)
+    assert isinstance(backbone, TinyLlavaModelOutputWithPast)
+    torch.testing.assert_close(backbone.image_hidden_states, features)
+    as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.logits)
+    assert isinstance(model.model(**inputs, return_dict=False), tuple)
+    assert isinstance(model.get_image_features(inputs["pixel_values"], return_dict=False), tuple)
+    text_only = _inputs(processor, chat())
+    assert model(**text_only).image_hidden_states is None
+
+
+def test_get_image_features_takes_llava_overrides(tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    pixel_values = _inputs(processor, chat(image=make_image()))["pixel_values"]
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    full = model.get_image_features(pixel_values, vision_feature_layer=-1, vision_feature_select_strategy="full")
+    torch.testing.assert_close(torch.stack(full.pooler_output), model.model.connector(hidden[-1]))
+
+
+@pytest.mark.parametrize("vision", ["siglip", "clip", "dinov2"])
+def test_no_split_modules_name_only_classes_the_model_contains(components_dir, vision):
+    # FSDP auto-wrap fails on a listed class the model lacks (e.g. SiglipTextEmbeddings from the SigLIP base class).
+    model, _ = assemble(components_dir, "llama", vision)
+    present = {type(module).__name__ for module in model.modules()}
+    assert model._no_split_modules, "the decoder and encoder layers should stay unsplit"
+    assert set(model._no_split_modules) <= present, set(model._no_split_modules) - present
+    assert "LlamaDecoderLayer" in model._no_split_modules
+    reloaded = TinyLlavaForConditionalGeneration(model.config)
+    assert set(reloaded._no_split_modules) == set(model._no_split_modules)

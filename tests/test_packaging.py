@@ -50,3 +50,10 @@ def test_console_scripts_point_into_the_namespace(wheel_files):
         scripts
     )
     assert all(target.startswith("tinyllava_hf.") for target in scripts.values()), scripts
+
+
+def test_builtin_chat_templates_are_package_data(wheel_files):
+    templates = sorted((REPO_ROOT / "modeling_tinyllava" / "chat_templates").glob("*.jinja"))
+    assert len(templates) == 6
+    for source in templates:
+        assert f"modeling_tinyllava/chat_templates/{source.name}" in wheel_files, source.name

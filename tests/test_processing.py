@@ -10,8 +10,9 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, SiglipImageProcessorPil
 
-from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaProcessor
-from modeling_tinyllava.processing_tinyllava import add_image_token
+from modeling_tinyllava import TinyLlavaProcessor
+from tinyllava_hf.assembly import add_image_token
+from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
 needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"original-code fixture not found at {FIXTURE}")
@@ -225,3 +226,30 @@ def test_image_paths_in_chat_messages_and_nested_lists(tiny_model_and_processor,
         images=[[str(path)], [str(path)]], text=["<image>a", "<image>b"], padding=True, return_tensors="pt"
     )
     assert nested["pixel_values"].shape[0] == 2
+
+
+def test_empty_video_and_audio_arguments_are_ignored(tiny_model_and_processor):
+    # lmms-eval's generic `huggingface` model calls processor(text=..., images=..., videos=[], audios=[]).
+    processor = tiny_model_and_processor[1]
+    text = ["<image>What is it?", "<image>And this?"]
+    plain = processor(images=[make_image(), make_image(seed=1)], text=text, padding=True, return_tensors="pt")
+    harness = processor(
+        images=[make_image(), make_image(seed=1)],
+        text=text,
+        videos=[],
+        audios=[],
+        audio=[[]],
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    assert set(harness) == set(plain)
+    for key in plain:
+        assert torch.equal(harness[key], plain[key]), key
+
+
+@pytest.mark.parametrize("name", ["videos", "audios", "audio"])
+def test_non_empty_video_or_audio_is_an_error(tiny_model_and_processor, name):
+    processor = tiny_model_and_processor[1]
+    with pytest.raises(ValueError, match=f"images and text only, but got a non-empty {name}= argument"):
+        processor(text=["hi"], **{name: [np.zeros(16, dtype=np.float32)]})

@@ -11,8 +11,9 @@ from tokenizers import processors
 from training_helpers import A1, A2, Q1, Q2
 from transformers import AutoTokenizer, SiglipImageProcessorPil
 
-from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaProcessor
-from modeling_tinyllava.processing_tinyllava import SYSTEM_PROMPT, add_image_token
+from modeling_tinyllava import TinyLlavaProcessor
+from tinyllava_hf.assembly import add_image_token
+from tinyllava_hf.chat_templates import CHAT_TEMPLATES, SYSTEM_PROMPT
 from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
 from tinyllava_hf.training.data import text_to_parts, token_problem
 

@@ -38,8 +38,9 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Template that renders the training data: 'pretrain' (captions), phi | llama | gemma | "
-            "qwen2_base | qwen2_instruct, or a Jinja string. Default: the processor's own template. Every template "
-            "except 'pretrain' is also saved with the processor."
+            "qwen2_base | qwen2_instruct, 'llm' (the LLM tokenizer's own template), a .jinja file or a Jinja string. "
+            "Default: the processor's own template. Every template except 'pretrain' is also saved with the "
+            "processor."
         },
     )
     image_aspect_ratio: str = field(default="square", metadata={"help": "NEW model: 'square' or 'pad'."})

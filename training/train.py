@@ -9,8 +9,9 @@ import torch
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig
 
-from modeling_tinyllava import CHAT_TEMPLATES, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 
+from ..chat_templates import resolve_chat_template
 from .arguments import DataArguments, ModelArguments
 from .collator import TinyLlavaCollator
 from .data import load_training_dataset
@@ -27,19 +28,6 @@ _HYPERPARAMETERS = (
     "warmup_steps", "lr_scheduler_type", "weight_decay", "max_length", "seed", "bf16", "fp16",
     "activation_checkpointing",
 )  # fmt: skip
-
-
-def resolve_chat_template(chat_template: str | None) -> str | None:
-    """A template name from `CHAT_TEMPLATES`, a `.jinja` file or a Jinja string -> the Jinja text (None stays None)."""
-    if chat_template is None or chat_template in CHAT_TEMPLATES:
-        return chat_template and CHAT_TEMPLATES[chat_template]
-    if os.path.isfile(chat_template):
-        return Path(chat_template).read_text()
-    if "{" in chat_template:
-        return chat_template
-    raise ValueError(
-        f"--chat_template {chat_template!r} is not one of {sorted(CHAT_TEMPLATES)}, a .jinja file or a Jinja string."
-    )
 
 
 def require_qlora_support() -> None:
@@ -83,18 +71,19 @@ def load_processor(model_args: ModelArguments, args: SFTConfig) -> TinyLlavaProc
     """The processor of the model to train; loaded before the model, so that the data is checked first.
 
     It keeps the conversation template the model will answer with: `--chat_template` when it is not `pretrain`,
-    else its own (a new model gets the original's template for its LLM family).
+    else its own (a new model gets the original's template for its LLM family). Template names are resolved by
+    `tinyllava_hf.chat_templates.resolve_chat_template` (`llm` = the LLM tokenizer's own template).
     """
     saved_template = model_args.chat_template if model_args.chat_template != "pretrain" else None
     if model_args.model_name_or_path is not None:
         processor = TinyLlavaProcessor.from_pretrained(model_args.model_name_or_path)
         if saved_template is not None:
-            processor.chat_template = resolve_chat_template(saved_template)
+            processor.chat_template = resolve_chat_template(saved_template, processor.tokenizer)
         return processor
     return TinyLlavaProcessor.from_pretrained_components(
         llm=model_args.llm,
         vision_tower=model_args.vision_tower,
-        chat_template=resolve_chat_template(saved_template),
+        chat_template=saved_template,
         image_aspect_ratio=model_args.image_aspect_ratio,
         model_max_length=args.max_length,
         **new_model_config_kwargs(model_args),
@@ -181,7 +170,9 @@ def train(
     output_dir = Path(args.output_dir)
     processor = load_processor(model_args, args)
     collator = TinyLlavaCollator(
-        processor, chat_template=resolve_chat_template(model_args.chat_template), max_length=args.max_length
+        processor,
+        chat_template=resolve_chat_template(model_args.chat_template, processor.tokenizer),
+        max_length=args.max_length,
     )
     data = load_training_dataset(data_args, collator, args.dataset_num_proc)  # before the model is loaded
     model = load_model(model_args, args)

@@ -18,8 +18,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from modeling_tinyllava.processing_tinyllava import SYSTEM_PROMPT
-
+from ...chat_templates import SYSTEM_PROMPT
 from .synthetic import vocabulary_corpus
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]

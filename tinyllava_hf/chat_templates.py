@@ -1,0 +1,127 @@
+"""The one place where chat-template names are resolved, for training, conversion, the processor and model cards.
+
+The built-in templates are the original TinyLLaVA conversation styles, kept as readable files in
+`modeling_tinyllava/chat_templates/*.jinja` (package data). They are read only when a NEW processor is built: a saved
+processor carries its template in the checkpoint's `chat_template.jinja`, so loading a checkpoint never needs them.
+
+A chat template may be given as
+- a built-in name (`CHAT_TEMPLATES`),
+- `"llm"`: the LLM tokenizer's own chat template,
+- a path to a `.jinja` file,
+- a Jinja string,
+- None: the original's template for the LLM family (`DEFAULT_TEMPLATE_FOR_MODEL_TYPE`).
+"""
+
+import os
+from importlib.util import find_spec
+from pathlib import Path
+
+BUILTIN_TEMPLATE_NAMES = ("phi", "qwen2_base", "qwen2_instruct", "llama", "gemma", "pretrain")
+LLM_TEMPLATE = "llm"
+
+# The system prompt shared by every conversation template of the original (the templates spell it out; the demo and
+# the tests use it to build matching text).
+SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+
+# The original's template for each LLM family (its README's conv_version mapping).
+DEFAULT_TEMPLATE_FOR_MODEL_TYPE = {
+    "phi": "phi",
+    "stablelm": "phi",
+    "llama": "llama",
+    "gemma": "gemma",
+    "qwen2": "qwen2_base",
+}
+
+
+# Located without importing `modeling_tinyllava` (which imports torch and transformers): the model-card tools need
+# only the template texts.
+TEMPLATE_DIR = Path(find_spec("modeling_tinyllava").submodule_search_locations[0]) / "chat_templates"
+CHAT_TEMPLATES: dict[str, str] = {
+    name: (TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8") for name in BUILTIN_TEMPLATE_NAMES
+}
+
+
+def _choices() -> str:
+    return f"one of {', '.join(BUILTIN_TEMPLATE_NAMES)}, {LLM_TEMPLATE!r} (the LLM tokenizer's own), a .jinja file"
+
+
+def default_chat_template_name(text_model_type: str, tokenizer) -> str:
+    """The original's template for an LLM family; Qwen2 tokenizers ending turns with `<|im_end|>` are instruct models.
+
+    Raises:
+        ValueError: naming the family when the original has no template for it.
+    """
+    if text_model_type == "qwen2" and tokenizer.eos_token == "<|im_end|>":
+        return "qwen2_instruct"
+    if text_model_type not in DEFAULT_TEMPLATE_FOR_MODEL_TYPE:
+        raise ValueError(
+            f"No default chat template for LLM family {text_model_type!r}; choose a chat template: {_choices()} "
+            "or a Jinja string."
+        )
+    return DEFAULT_TEMPLATE_FOR_MODEL_TYPE[text_model_type]
+
+
+def resolve_chat_template(
+    chat_template: str | os.PathLike | None, tokenizer=None, text_model_type: str | None = None
+) -> str | None:
+    """The Jinja text of a chat template given by name, `"llm"`, `.jinja` path or Jinja string (see module doc).
+
+    Args:
+        chat_template: what the user passed (`--chat_template`, `--chat-template`, `chat_template=`).
+        tokenizer: the LLM's tokenizer; needed for `"llm"` and, with `text_model_type`, for the family default.
+        text_model_type: the LLM family (`config.text_config.model_type`); with None and no `text_model_type`, the
+            result is None (the caller keeps its processor's own template).
+
+    Raises:
+        ValueError: for an unknown name (listing the choices), `"llm"` with a tokenizer that has no chat template, or
+            a family without a default.
+    """
+    if chat_template is None:
+        if text_model_type is None:
+            return None
+        return CHAT_TEMPLATES[default_chat_template_name(text_model_type, tokenizer)]
+    if isinstance(chat_template, os.PathLike):
+        return Path(chat_template).read_text(encoding="utf-8")
+    if chat_template in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[chat_template]
+    if chat_template == LLM_TEMPLATE:
+        own = getattr(tokenizer, "chat_template", None)
+        if not own:
+            source = getattr(tokenizer, "name_or_path", None) or "the tokenizer"
+            raise ValueError(
+                f"chat template {LLM_TEMPLATE!r} uses the LLM tokenizer's own template, but {source} has none; "
+                f"choose {_choices()} or a Jinja string."
+            )
+        return own
+    if "{" in chat_template:
+        return chat_template
+    if os.path.isfile(chat_template):
+        return Path(chat_template).read_text(encoding="utf-8")
+    if chat_template.endswith(".jinja"):
+        raise ValueError(f"Chat template file {chat_template!r} does not exist.")
+    raise ValueError(f"Unknown chat template {chat_template!r}; expected {_choices()} or a Jinja string.")
+
+
+def chat_template_name(template: str, llm_type: str) -> str:
+    """The built-in name of a template's text (whitespace at the ends ignored), or `"custom"`.
+
+    Some built-in templates are the same text (the original's phi and qwen2_base); the LLM family's name wins.
+    """
+    template = template.strip()
+    names = [name for name, text in CHAT_TEMPLATES.items() if text.strip() == template]
+    return next((name for name in names if name.startswith(llm_type)), names[0] if names else "custom")
+
+
+__all__ = [
+    "BUILTIN_TEMPLATE_NAMES",
+    "CHAT_TEMPLATES",
+    "DEFAULT_TEMPLATE_FOR_MODEL_TYPE",
+    "LLM_TEMPLATE",
+    "SYSTEM_PROMPT",
+    "chat_template_name",
+    "default_chat_template_name",
+    "resolve_chat_template",
+]
