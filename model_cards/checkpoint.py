@@ -11,8 +11,6 @@ from typing import Any
 
 from safetensors import safe_open
 
-from ..chat_templates import chat_template_name as builtin_name
-
 logger = logging.getLogger(__name__)
 
 TINYLLAVA_MODEL_TYPE = "tinyllava_hf"
@@ -137,6 +135,9 @@ def chat_template_name(checkpoint_dir: Path, llm_type: str) -> str | None:
     path = checkpoint_dir / "chat_template.jinja"
     if not path.is_file():
         return None
+    # Imported here: the template files are read from `modeling_tinyllava`, which the Hub load check hides.
+    from ..chat_templates import chat_template_name as builtin_name
+
     return builtin_name(path.read_text(encoding="utf-8"), llm_type)
 
 
