@@ -3,7 +3,6 @@
 import shutil
 
 import pytest
-import torch
 from transformers import AutoConfig, AutoTokenizer, SiglipImageProcessorPil
 from transformers.utils.chat_template_utils import render_jinja_template
 from trl import SFTConfig
@@ -20,7 +19,7 @@ from tinyllava_hf.chat_templates import (
 from tinyllava_hf.conversion.errors import ConversionError
 from tinyllava_hf.conversion.processor import build_processor
 from tinyllava_hf.training.arguments import ModelArguments
-from tinyllava_hf.training.train import load_model_and_processor
+from tinyllava_hf.training.train import load_processor
 
 LLM_OWN_TEMPLATE = "{% for message in messages %}<<{{ message['role'] }}>>{% endfor %}"
 MESSAGES = [{"role": "user", "content": "<image>\nHi"}, {"role": "assistant", "content": "Hello."}]
@@ -121,9 +120,13 @@ def test_training_accepts_llm(llm_with_template, components_dir, tmp_path):
     model_args = ModelArguments(
         llm=str(llm_with_template), vision_tower=str(components_dir / "siglip"), chat_template="llm"
     )
-    torch.manual_seed(0)
-    _, processor = load_model_and_processor(model_args, args)
+    processor = load_processor(model_args, args)
     assert processor.chat_template == LLM_OWN_TEMPLATE
     model_args.chat_template = "vicuna"
     with pytest.raises(ValueError, match="Unknown chat template 'vicuna'"):
-        load_model_and_processor(model_args, args)
+        load_processor(model_args, args)
+    # A checkpoint's tokenizer carries the processor's template, not the LLM's: "llm" cannot mean the LLM's there.
+    processor.save_pretrained(tmp_path / "checkpoint")
+    checkpoint_args = ModelArguments(model_name_or_path=str(tmp_path / "checkpoint"), chat_template="llm")
+    with pytest.raises(ValueError, match="does not keep apart: omit --chat_template"):
+        load_processor(checkpoint_args, args)

@@ -11,7 +11,7 @@ from trl import SFTConfig
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 
-from ..chat_templates import resolve_chat_template
+from ..chat_templates import LLM_TEMPLATE, resolve_chat_template
 from .arguments import DataArguments, ModelArguments
 from .collator import TinyLlavaCollator
 from .data import load_training_dataset
@@ -76,6 +76,13 @@ def load_processor(model_args: ModelArguments, args: SFTConfig) -> TinyLlavaProc
     """
     saved_template = model_args.chat_template if model_args.chat_template != "pretrain" else None
     if model_args.model_name_or_path is not None:
+        if model_args.chat_template == LLM_TEMPLATE:
+            # A saved processor's tokenizer carries the processor's template, so the LLM's own is no longer known.
+            raise ValueError(
+                f"--chat_template {LLM_TEMPLATE} names the LLM tokenizer's own template, which a TinyLLaVA checkpoint "
+                f"does not keep apart: omit --chat_template to keep {model_args.model_name_or_path}'s "
+                "chat_template.jinja, or pass a template name or .jinja file."
+            )
         processor = TinyLlavaProcessor.from_pretrained(model_args.model_name_or_path)
         if saved_template is not None:
             processor.chat_template = resolve_chat_template(saved_template, processor.tokenizer)
