@@ -1,5 +1,6 @@
 """Chat-template names resolve in one place, with the same meaning for training, conversion and the processor."""
 
+import re
 import shutil
 
 import pytest
@@ -76,9 +77,20 @@ def test_jinja_file_jinja_string_and_unknown_names(tmp_path):
 
 
 def test_reverse_lookup_names_builtin_templates():
+    # phi and qwen2_base render the same text in the original; the LLM family decides between them.
     for name in BUILTIN_TEMPLATE_NAMES:
-        assert chat_template_name(CHAT_TEMPLATES[name] + "\n", "llama") == name
+        assert chat_template_name(CHAT_TEMPLATES[name] + "\n", "qwen2" if name == "qwen2_base" else "llama") == name
+    assert chat_template_name(CHAT_TEMPLATES["phi"], "qwen2") == "qwen2_base"
     assert chat_template_name(LLM_OWN_TEMPLATE, "llama") == "custom"
+    assert chat_template_name("{% if %}", "llama") == "custom"
+
+
+def test_reverse_lookup_recognises_older_spellings_of_a_template():
+    # Checkpoints saved before the templates became commented .jinja files hold the same template spelled differently.
+    respelled = re.sub(r"\{#.*?#\}", "", CHAT_TEMPLATES["llama"], flags=re.DOTALL)
+    assert respelled != CHAT_TEMPLATES["llama"]
+    assert chat_template_name(respelled, "llama") == "llama"
+    assert chat_template_name(respelled.replace("ASSISTANT:", "BOT:"), "llama") == "custom"
 
 
 def test_processor_from_components_resolves_every_kind(components_dir, llm_with_template, tmp_path):

@@ -105,13 +105,39 @@ def resolve_chat_template(
     raise ValueError(f"Unknown chat template {chat_template!r}; expected {_choices()} or a Jinja string.")
 
 
-def chat_template_name(template: str, llm_type: str) -> str:
-    """The built-in name of a template's text (whitespace at the ends ignored), or `"custom"`.
+# A conversation that exercises every branch of the built-in templates: system prompt, images, several turns, an
+# open assistant turn. Two templates that render it identically are the same template for every practical purpose.
+_PROBE_CONVERSATION = [
+    {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " What is this? "}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+    {"role": "user", "content": [{"type": "text", "text": "And its colour?"}]},
+]
 
-    Some built-in templates are the same text (the original's phi and qwen2_base); the LLM family's name wins.
+
+def _rendering(template: str) -> str | None:
+    """The probe conversation rendered with `template`, or None when the template cannot render it."""
+    from jinja2 import TemplateError
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        rendered, _ = render_jinja_template(
+            [_PROBE_CONVERSATION], chat_template=template, add_generation_prompt=True, bos_token="<s>", eos_token="</s>"
+        )
+    except (TemplateError, TypeError, ValueError):  # a template that cannot render the probe is not one of ours
+        return None
+    return rendered[0]
+
+
+def chat_template_name(template: str, llm_type: str) -> str:
+    """The built-in name of a template, or `"custom"`.
+
+    Templates are compared by what they render, not by their text, so a checkpoint saved with an older spelling of a
+    built-in template (before the templates became commented `.jinja` files) is still recognised. Some built-in
+    templates render the same text (the original's phi and qwen2_base); the LLM family's name wins.
     """
-    template = template.strip()
-    names = [name for name, text in CHAT_TEMPLATES.items() if text.strip() == template]
+    rendered = _rendering(template)
+    names = [name for name in CHAT_TEMPLATES if rendered is not None and _rendering(CHAT_TEMPLATES[name]) == rendered]
     return next((name for name in names if name.startswith(llm_type)), names[0] if names else "custom")
 
 
