@@ -2,6 +2,7 @@
 assembled from them through the public `from_pretrained_components` API. Nothing is downloaded."""
 
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -29,6 +30,9 @@ from transformers import (
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 from tinyllava_hf.training.demo.components import build_tokenizer as build_bpe_tokenizer
+
+# A tiny checkpoint written and run by the original TinyLLaVA Factory code, with its outputs (see its README).
+ORIGINAL_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "original_qwen2_siglip"
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "<pad>"]
 CORPUS = [
@@ -118,6 +122,14 @@ VISION_TOWERS = {
 def build_tokenizer():
     """A byte-level BPE tokenizer trained on a few sentences, with the end-of-turn tokens of every template."""
     return build_bpe_tokenizer(CORPUS, special_tokens=SPECIAL_TOKENS, vocab_size=400, model_max_length=256)
+
+
+@pytest.fixture(scope="session")
+def original_fixture() -> Path:
+    """The original-code fixture directory; a test that compares against the original fails (never skips) without it."""
+    if not (ORIGINAL_FIXTURE / "reference.pt").is_file():
+        pytest.fail(f"original-code fixture missing: {ORIGINAL_FIXTURE} (it is part of the repository)")
+    return ORIGINAL_FIXTURE
 
 
 @pytest.fixture(scope="session")

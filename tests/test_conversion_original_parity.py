@@ -1,11 +1,10 @@
 """A checkpoint written by the original TinyLLaVA code converts into a model that reproduces the original's outputs.
 
-The fixture (../shared/fixtures/original_qwen2_siglip, see its README) holds a tiny Qwen2 + SigLIP Factory checkpoint
+The fixture (tests/fixtures/original_qwen2_siglip, see its README) holds a tiny Qwen2 + SigLIP Factory checkpoint
 and the outputs the original code computed on fixed inputs.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,9 +14,6 @@ from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProce
 from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 from tinyllava_hf.conversion import convert_original
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
-pytestmark = pytest.mark.skipif(not (FIXTURE / "reference.pt").is_file(), reason=f"original fixture absent: {FIXTURE}")
-
 Q1, A1 = "<image>\nWhat is shown in the image?", "A red square on a blue background."
 Q2, A2 = "What color is the square?", "The square is red."
 VOCAB = 524  # the original vocabulary; the converted one has one more row, for <image>
@@ -25,14 +21,14 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return torch.load(FIXTURE / "reference.pt", weights_only=False)
+def reference(original_fixture):
+    return torch.load(original_fixture / "reference.pt", weights_only=False)
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, original_fixture):
     dst = tmp_path_factory.mktemp("converted") / "qwen2-siglip"
-    result = convert_original("factory", FIXTURE, dst)
+    result = convert_original("factory", original_fixture, dst)
     model = TinyLlavaForConditionalGeneration.from_pretrained(dst, dtype=torch.float32).eval()
     return result, model, TinyLlavaProcessor.from_pretrained(dst)
 

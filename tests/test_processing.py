@@ -1,7 +1,5 @@
 """The processor: original prompt strings, image handling, placeholder expansion and input errors."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,9 +12,6 @@ from modeling_tinyllava import TinyLlavaProcessor
 from tinyllava_hf.assembly import add_image_token
 from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"original-code fixture not found at {FIXTURE}")
-
 # The conversation of reference §3.2, in chat-message form.
 Q1, A1 = "<image>\nWhat is shown in the image?", "A red square on a blue background."
 Q2, A2 = "What color is the square?", "The square is red."
@@ -28,11 +23,10 @@ def _messages(*turns):
 
 
 @pytest.fixture(scope="module")
-def original_reference():
-    return torch.load(FIXTURE / "reference.pt", weights_only=False)
+def original_reference(original_fixture):
+    return torch.load(original_fixture / "reference.pt", weights_only=False)
 
 
-@needs_fixture
 @pytest.mark.parametrize("template", ["phi", "llama", "gemma", "qwen2_base", "qwen2_instruct"])
 def test_conversation_templates_render_the_original_strings(template, original_reference, tiny_model_and_processor):
     expected = original_reference["rendered_prompts"][template]
@@ -45,7 +39,6 @@ def test_conversation_templates_render_the_original_strings(template, original_r
     assert render(_messages(Q1, A1, Q2), add_generation_prompt=True) == expected["eval_2turn_history"]
 
 
-@needs_fixture
 def test_pretrain_template_renders_the_original_string(original_reference, tiny_model_and_processor):
     tokenizer = tiny_model_and_processor[1].tokenizer
     rendered = tokenizer.apply_chat_template(
@@ -72,25 +65,19 @@ def test_assistant_mask_covers_answers_and_end_of_turn_only(tiny_model_and_proce
     assert (out["input_ids"][0] == processor.image_token_id).sum() == processor.num_image_tokens
 
 
-@needs_fixture
-def test_pad_and_square_image_processing_match_the_original(original_reference):
-    image_processor = SiglipImageProcessorPil.from_pretrained(FIXTURE)
+def test_pad_and_square_image_processing_match_the_original(original_reference, original_fixture):
+    image_processor = SiglipImageProcessorPil.from_pretrained(original_fixture)
     image = Image.fromarray(original_reference["image_uint8_hwc"].numpy())
     for mode, key in (("square", "pixel_values_square"), ("pad", "pixel_values_pad")):
         processor = TinyLlavaProcessor(
             image_processor=image_processor,
-            tokenizer=_fixture_tokenizer(),
+            tokenizer=add_image_token(PreTrainedTokenizerFast.from_pretrained(original_fixture), "qwen2"),
             image_aspect_ratio=mode,
             chat_template=CHAT_TEMPLATES["qwen2_base"],
             num_image_tokens=15,
         )
         pixels = processor(images=[image], text=["<image>"], return_tensors="pt")["pixel_values"]
         torch.testing.assert_close(pixels[0], original_reference[key], rtol=0, atol=1e-6)
-
-
-def _fixture_tokenizer():
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(FIXTURE)
-    return add_image_token(tokenizer, "qwen2")
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK", "I;16"])

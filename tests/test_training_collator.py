@@ -1,8 +1,6 @@
 """The training collator: labels token for token against the original's masking (reference §3.3), the truncation
 rule, multi-turn / multi-image / text-only samples, image loading, and the token checks `training.data` runs."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import VISION_TOWERS, make_image
@@ -16,9 +14,6 @@ from tinyllava_hf.assembly import add_image_token
 from tinyllava_hf.chat_templates import CHAT_TEMPLATES, SYSTEM_PROMPT
 from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
 from tinyllava_hf.training.data import text_to_parts, token_problem
-
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_qwen2_siglip"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason=f"original-code fixture not found at {FIXTURE}")
 
 ORIGINAL_IMAGE = -200
 TEMPLATE_EOS = {"phi": "<|endoftext|>", "qwen2_base": "<|endoftext|>", "qwen2_instruct": "<|im_end|>", "llama": "</s>",
@@ -160,11 +155,10 @@ def test_pretrain_labels_match_original_masking(tokenizers, turns):
     assert labels == expected_labels
 
 
-@needs_fixture
-def test_labels_equal_the_original_codes_own_labels():
+def test_labels_equal_the_original_codes_own_labels(original_fixture):
     """Against labels written by the original code itself (fixture: qwen2_base template, 15 image tokens)."""
-    reference = torch.load(FIXTURE / "reference.pt", weights_only=False)
-    tokenizer = add_image_token(AutoTokenizer.from_pretrained(FIXTURE), "qwen2")
+    reference = torch.load(original_fixture / "reference.pt", weights_only=False)
+    tokenizer = add_image_token(AutoTokenizer.from_pretrained(original_fixture), "qwen2")
     image = reference["image_uint8_hwc"].numpy()
     cases = {
         "train2": ("qwen2_base", (Q1, A1, Q2, A2)),
@@ -180,10 +174,9 @@ def test_labels_equal_the_original_codes_own_labels():
         assert labels == expected, name
 
 
-@needs_fixture
-def test_batch_keeps_real_end_of_text_attended_when_pad_equals_eos():
+def test_batch_keeps_real_end_of_text_attended_when_pad_equals_eos(original_fixture):
     """Qwen2-base pads with its eos; real end-of-text tokens must stay attended and supervised (reference §3.4)."""
-    tokenizer = add_image_token(AutoTokenizer.from_pretrained(FIXTURE), "qwen2")
+    tokenizer = add_image_token(AutoTokenizer.from_pretrained(original_fixture), "qwen2")
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
     collator = TinyLlavaCollator(make_processor(tokenizer, "qwen2_base", num_image_tokens=15))
     batch = collator([sample(Q1, A1, Q2, A2), sample("<image>\nDescribe the picture.", "A red square.")])
