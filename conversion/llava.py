@@ -20,7 +20,7 @@ from modeling_tinyllava.processing_tinyllava import processed_image_size
 from .errors import ConversionError
 from .keymap import FROM_LLAVA, TO_LLAVA, KeyMap, check_against_model, plan_keys
 from .original import ConversionResult
-from .output import check_source_repo, finish_output, prepare_output_dir
+from .output import atomic_output, check_source_repo, finish_output
 from .parity import PROBE_QUESTION, probe_image
 from .strict_load import load_strict
 from .tensor_io import DTYPES
@@ -101,6 +101,7 @@ def _logit_diff(model_a, processor_a, model_b, processor_b) -> float:
     return (a - b).abs().max().item()
 
 
+@atomic_output
 def to_llava(
     src: str | Path, dst: str | Path, allow_lossy: bool = False, dtype: str = "auto", source_repo: str | None = None
 ) -> ConversionResult:
@@ -127,7 +128,6 @@ def to_llava(
             + "\n".join(f"  - {r}" for r in reasons)
             + "\nPass --allow-lossy to convert anyway; the logit difference is then measured and reported."
         )
-    prepare_output_dir(src, dst)
     llava_config = LlavaConfig(
         text_config=config.text_config,
         vision_config=config.vision_config,
@@ -177,6 +177,7 @@ def to_llava(
     return result
 
 
+@atomic_output
 def from_llava(
     src: str | Path, dst: str | Path, dtype: str = "auto", source_repo: str | None = None
 ) -> ConversionResult:
@@ -191,7 +192,6 @@ def from_llava(
             f"{src}: projector activation {llava_config.projector_hidden_act!r} with bias="
             f"{llava_config.multimodal_projector_bias} is not TinyLLaVA's mlp2x_gelu (exact GELU, biased linears)."
         )
-    prepare_output_dir(src, dst)
     config = TinyLlavaConfig(
         text_config=llava_config.text_config,
         vision_config=llava_config.vision_config,

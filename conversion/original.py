@@ -27,7 +27,7 @@ from .original_config import (
     image_features_scale,
     read_json,
 )
-from .output import check_source_repo, finish_output, prepare_output_dir
+from .output import atomic_output, check_source_repo, finish_output
 from .parity import check_original_parity
 from .processor import build_processor, load_image_processor, load_tokenizer
 from .strict_load import load_strict
@@ -141,6 +141,7 @@ def _output_tensors(plan, infos, expected, reader: TensorReader, dtype: torch.dt
     return outputs
 
 
+@atomic_output
 def convert_original(
     fmt: str,
     src: str | Path,
@@ -160,7 +161,7 @@ def convert_original(
         fmt: `"factory"` (TinyLLaVA Factory, reference §6.1, incl. the split pretrain layout) or `"legacy"`
             (TinyLLaVABench, reference §6.2).
         src: the source checkpoint directory.
-        dst: the output directory (created; must not hold files yet).
+        dst: the output directory (created; must not hold files yet). It appears only when every check passed.
         dtype: `"auto"` keeps each tensor's dtype, else `"float32"`, `"float16"` or `"bfloat16"`.
         max_shard_size: largest output safetensors file, e.g. `"5GB"`.
         tokenizer_dir: where the tokenizer is, when not in `src`.
@@ -215,7 +216,6 @@ def convert_original(
     out_dtype = None if dtype == "auto" else DTYPES[dtype]
     floating = [info.dtype for info in infos if info.dtype.is_floating_point]
     config.dtype = out_dtype or (max(set(floating), key=floating.count) if floating else torch.float32)
-    prepare_output_dir(src, dst)
     reader = TensorReader(_split_prefixes(src, infos))
     try:
         outputs = _output_tensors(plan, infos, expected, reader, out_dtype)

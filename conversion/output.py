@@ -1,6 +1,12 @@
-"""The bookkeeping every conversion ends with: a fresh output directory, `conversion.json` and the model card."""
+"""The bookkeeping every conversion shares: an output directory written atomically, `conversion.json`, the card."""
 
+import dataclasses
+import functools
+import inspect
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
@@ -11,13 +17,55 @@ from tinyllava_hf import model_cards
 from .errors import ConversionError
 
 
-def prepare_output_dir(src: Path, dst: Path) -> None:
-    """Creates `dst`; refuses to write into the source or into a directory that already holds files."""
+def check_output_dir(src: Path, dst: Path) -> None:
+    """Refuses to write into the source, into a file, or into a directory that already holds files."""
     if dst.resolve() == src.resolve():
         raise ConversionError(f"The output directory {dst} is the source directory; choose another one.")
+    if dst.exists() and not dst.is_dir():
+        raise ConversionError(f"The output directory {dst} is a file; choose a new directory.")
     if dst.exists() and any(dst.iterdir()):
         raise ConversionError(f"The output directory {dst} is not empty; choose a new directory.")
-    dst.mkdir(parents=True, exist_ok=True)
+
+
+def atomic_output(convert):
+    """Makes a conversion `convert(..., src, dst, ...) -> ConversionResult` all-or-nothing for `dst`.
+
+    The conversion writes into a staging directory beside `dst` (same filesystem, same final name, so the model
+    card's placeholder repo name is right) and the staging directory is renamed to `dst` only after every check
+    inside `convert` has passed. On any error the staging directory is removed, so `dst` stays as it was: absent,
+    or the empty directory it was; parent directories created for it are removed again.
+    """
+    signature = inspect.signature(convert)
+
+    @functools.wraps(convert)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        src, dst = Path(bound.arguments["src"]), Path(bound.arguments["dst"])
+        check_output_dir(src, dst)
+        new_parents = [parent for parent in reversed(dst.absolute().parents) if not parent.exists()]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        holder = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+        staging = holder / dst.name
+        staging.mkdir()
+        bound.arguments["dst"] = staging
+        try:
+            result = convert(*bound.args, **bound.kwargs)
+            os.replace(staging, dst)  # a rename; it also replaces an empty `dst`
+        except BaseException as error:
+            shutil.rmtree(holder, ignore_errors=True)
+            for parent in reversed(new_parents):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break  # something else was written there meanwhile
+            if isinstance(error, ConversionError):
+                message = str(error).replace(str(staging), str(dst))
+                raise ConversionError(f"{message}\nNothing was written to {dst}.") from error
+            raise
+        holder.rmdir()
+        return dataclasses.replace(result, output_dir=dst)
+
+    return wrapper
 
 
 def check_source_repo(source_repo: str | None) -> None:

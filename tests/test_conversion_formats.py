@@ -75,7 +75,7 @@ def test_factory_split_pretrain_layout_and_sharded_bf16_output(components_dir, t
     assert len(shards) > 1
     for shard in shards:
         with safe_open(tmp_path / "dst" / shard, framework="pt") as handle:
-            assert {handle.get_slice(k).get_dtype() for k in handle.keys()}  # noqa: SIM118 == {"BF16"}
+            assert {handle.get_slice(key).get_dtype() for key in handle.keys()} == {"BF16"}  # noqa: SIM118
     model = TinyLlavaForConditionalGeneration.from_pretrained(tmp_path / "dst")
     assert model.dtype == torch.bfloat16 and model.config.tie_word_embeddings
     assert "lm_head.weight" not in index["weight_map"]
