@@ -7,6 +7,7 @@ checks, key by key through a rename table, that every target tensor is the sourc
 express is refused unless `allow_lossy`, in which case the logit difference is measured on a probe and reported.
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,6 +30,26 @@ logger = logging.getLogger(__name__)
 
 # Vision towers LLaVA serving engines implement (vLLM's LLaVA: CLIP, SigLIP, Pixtral).
 SERVABLE_TOWERS = ("clip_vision_model", "siglip_vision_model")
+
+
+# Entries that loading our processor adds to the tokenizer and image processor: `auto_map` names
+# processing_tinyllava (remote code the export does not carry, and must not need), the others record how the files
+# were loaded (transformers writes them back on save), not what the tokenizer is.
+LOAD_TIME_ENTRIES = {"auto_map", "local_files_only", "is_local"}
+
+
+def _drop_load_time_entries(directory: Path) -> None:
+    """Removes `LOAD_TIME_ENTRIES` at any depth of the processor's JSON files, so the export is plain LLaVA."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items() if key not in LOAD_TIME_ENTRIES}
+        return value
+
+    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
+        path = directory / name
+        if path.is_file():
+            path.write_text(json.dumps(clean(json.loads(path.read_text())), indent=2, sort_keys=True) + "\n")
 
 
 def _dtype(dtype: str):
@@ -172,6 +193,7 @@ def to_llava(
         raise ConversionError(f"LLaVA logits differ from {src} by {diff:.3g} although the conversion should be exact.")
     llava.save_pretrained(dst)
     llava_processor.save_pretrained(dst)
+    _drop_load_time_entries(dst)
     result = ConversionResult(dst, diff, lossy=bool(reasons), notes=reasons)
     finish_output(dst, source=src, fmt="llava", result=result, source_repo=source_repo)
     return result

@@ -9,6 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForCon
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 from tinyllava_hf.conversion import ConversionError, from_llava, to_llava
+from tinyllava_hf.model_cards.publish import check_loads
 
 
 def save(model, processor, path):
@@ -108,3 +109,20 @@ def test_other_connectors_are_never_converted(components_dir, tmp_path, connecto
     src = save(model, processor, tmp_path / "src")
     with pytest.raises(ConversionError, match="no LLaVA equivalent"):
         to_llava(src, tmp_path / "dst", allow_lossy=True)
+
+
+def test_llava_export_is_plain_transformers(components_dir, tmp_path):
+    """No remote-code entry and no load-time leftover anywhere; loads and generates where this package cannot load."""
+    model, processor = assemble(components_dir, "qwen2", "siglip")
+    export = tmp_path / "export"
+    to_llava(save(model, processor, tmp_path / "ours"), export)
+    for path in export.glob("*.json"):
+        text = path.read_text()
+        assert "auto_map" not in text and "tinyllava" not in text.lower(), path.name
+        assert "local_files_only" not in text and "is_local" not in text, path.name
+    assert sorted(path.name for path in export.iterdir() if path.suffix not in (".json", ".md")) == [
+        "chat_template.jinja",
+        "model.safetensors",
+    ]
+    # A fresh interpreter with this repository's packages unimportable, trust_remote_code=False, greedy generation.
+    assert check_loads(export, trust_remote_code=False) == "loaded LlavaForConditionalGeneration + LlavaProcessor"
