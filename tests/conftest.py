@@ -178,6 +178,31 @@ def saved_model_dir(tiny_model_and_processor, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def varied_model_and_processor(components_dir):
+    """A tiny model with large random weights (std 1), so that its greedy answers depend on the image and the question.
+
+    The default initialisation's outputs barely depend on the input: every prompt gets the same answer, and a test
+    comparing two answers would prove nothing.
+    """
+    model, processor = assemble(components_dir, "llama", "siglip")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def varied_model_dir(varied_model_and_processor, tmp_path_factory):
+    model, processor = varied_model_and_processor
+    path = tmp_path_factory.mktemp("varied") / "model"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
 def make_image(width=40, height=24, seed=0) -> Image.Image:
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)

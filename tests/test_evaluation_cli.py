@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import assemble, make_image
+from conftest import make_image
 
 import tinyllava_hf.evaluation.generation
 import tinyllava_hf.evaluation.runner
@@ -57,20 +57,6 @@ def test_prompt_is_the_original_eval_prompt(saved_model_dir):
     assert "<image>" not in build_prompt(processor, Question(2, "Text only?"))
 
 
-@pytest.fixture(scope="module")
-def varied_model_dir(components_dir, tmp_path_factory):
-    """A tiny checkpoint with large random weights, so that its answers depend on the image and the question."""
-    model, processor = assemble(components_dir, "llama", "siglip")
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0, 1.0)
-    path = tmp_path_factory.mktemp("varied") / "model"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def varied_questions(tmp_path):
     for index in range(3):
@@ -111,15 +97,24 @@ def test_native_llava_export_gives_the_same_answers(varied_model_dir, varied_que
     assert lmms_eval_prompt == build_prompt(processor, DOG_QUESTION) == DOG_PROMPT
 
 
+# Scripted answers, one per object, with the labels of `pope_data` (dog: yes, traffic light: no, red square: yes):
+# a true positive, a false positive ("yes" to an absent object) and a false negative ("not" in the first sentence).
+# lmms-eval's strict rule accepts only the exact "yes": the other two are "other".
+SCRIPTED_ANSWERS = {"dog": "Yes, there is a dog.", "traffic light": "yes", "red square": "There is not. Or yes."}
+
+
 def test_pope_end_to_end_resumes_an_interrupted_run(pope_data, saved_model_dir, monkeypatch, capsys):
     real_generate_batch = tinyllava_hf.evaluation.generation.generate_batch
     calls = []
 
     def generate_batch(model, processor, inputs, max_new_tokens):
+        """The real generation runs; its answers are then replaced by scripted ones, whose scores are known."""
         calls.append(inputs["input_ids"].shape[0])
         if len(calls) == 2 and fail_second_batch:
             raise RuntimeError("simulated crash")
-        return real_generate_batch(model, processor, inputs, max_new_tokens)
+        real_generate_batch(model, processor, inputs, max_new_tokens)
+        prompts = processor.batch_decode(inputs["input_ids"], skip_special_tokens=True)
+        return [next(a for name, a in SCRIPTED_ANSWERS.items() if f"a {name} in" in p) for p in prompts]
 
     monkeypatch.setattr(tinyllava_hf.evaluation.generation, "generate_batch", generate_batch)
     answers_path = pope_data / "out" / "pope_answers.jsonl"
@@ -143,10 +138,15 @@ def test_pope_end_to_end_resumes_an_interrupted_run(pope_data, saved_model_dir, 
 
     results = json.loads((pope_data / "out" / "pope_results.json").read_text())
     assert set(results["splits"]) == {"adversarial", "popular"}
-    for split in results["splits"].values():
-        assert split["questions"] == 3 and split["tp"] + split["fp"] + split["tn"] + split["fn"] == 3
+    for split in results["splits"].values():  # per split: one TP, one FP, one FN, no TN
+        assert (split["questions"], split["tp"], split["fp"], split["tn"], split["fn"]) == (3, 1, 1, 0, 1)
+        assert split["accuracy"] == 1 / 3 and split["yes_ratio"] == 2 / 3
+        # precision = recall = 1/2 and F1 = 1/2, up to the original's 1e-6 in each denominator
+        for name in ("precision", "recall", "f1"):
+            assert split[name] == pytest.approx(1 / 2, abs=1e-5), name
+    assert results["mean"]["accuracy"] == 1 / 3 and results["mean"]["f1"] == pytest.approx(1 / 2, abs=1e-5)
     summary = json.loads((pope_data / "out" / "pope_summary.json").read_text())
-    assert summary["results"][0]["metrics"]["f1"] == results["mean"]["f1"]
+    assert summary["results"][0]["metrics"] == results["mean"]
     assert "adversarial" in capsys.readouterr().out
 
     def no_model(*args, **kwargs):
@@ -154,7 +154,11 @@ def test_pope_end_to_end_resumes_an_interrupted_run(pope_data, saved_model_dir, 
 
     monkeypatch.setattr(tinyllava_hf.evaluation.runner, "load_model", no_model)
     assert main(pope_args(pope_data, saved_model_dir, "--strict")) == 0  # rescoring only
-    assert json.loads((pope_data / "out" / "pope_results.json").read_text())["mode"] == "strict"
+    strict = json.loads((pope_data / "out" / "pope_results.json").read_text())
+    assert strict["mode"] == "strict"
+    for split in strict["splits"].values():
+        assert (split["tp"], split["fp"], split["tn"], split["fn"], split["other"]) == (0, 1, 0, 0, 2)
+        assert split["accuracy"] == 0 and split["precision"] == 0 and split["yes_ratio"] == 1 / 3
 
 
 def test_summary_feeds_the_model_card(pope_data, saved_model_dir, tmp_path):

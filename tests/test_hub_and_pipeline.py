@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
 from conftest import chat, make_image
@@ -103,6 +104,8 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     pipe = pipeline("image-text-to-text", model=path, trust_remote_code=True)
     out = pipe(text=reference["messages"], max_new_tokens=3, return_full_text=False)
     print("GENERATED", repr(out[0]["generated_text"]))
+    for obj in (model, processor, pipe.model, pipe.processor):
+        print("MODULE_FILE", sys.modules[type(obj).__module__].__file__)
     sys.modules["tinyllava_hf"] = None  # without the tools, assembling a new model says what to install
     for cls in (type(model), type(processor)):
         try:
@@ -128,7 +131,6 @@ def test_remote_code_loads_without_the_package_and_runs_the_pipeline(
     )
     script = tmp_path / "load_remote.py"
     script.write_text(REMOTE_CODE_SCRIPT)
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, str(script), str(saved_model_dir), str(tmp_path / "ref.pt")],
@@ -141,15 +143,20 @@ def test_remote_code_loads_without_the_package_and_runs_the_pipeline(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GENERATED" in result.stdout
-    assert repo_root not in result.stdout
+    # The classes were defined by the checkpoint's files, copied into the HF modules cache, not by this repository.
+    module_files = [line.split(" ", 1)[1] for line in result.stdout.splitlines() if line.startswith("MODULE_FILE ")]
+    assert len(module_files) == 4
+    for module_file in module_files:
+        assert Path(module_file).resolve().is_relative_to((tmp_path / "modules").resolve()), module_file
 
 
-def test_pipeline_with_chat_messages_batched_with_and_without_images(saved_model_dir):
-    pipe = pipeline("image-text-to-text", model=str(saved_model_dir))
+def test_pipeline_with_chat_messages_batched_with_and_without_images(varied_model_dir):
+    pipe = pipeline("image-text-to-text", model=str(varied_model_dir))
     with_image = chat("What is shown in the image?", image=make_image())
     text_only = chat("What color is the square?")
-    batched = pipe(text=[with_image, text_only, with_image], max_new_tokens=4, batch_size=3, return_full_text=False)
     alone = [pipe(text=messages, max_new_tokens=4, return_full_text=False)[0] for messages in (with_image, text_only)]
+    assert alone[0]["generated_text"] != alone[1]["generated_text"], "the prompts must give different answers"
+    batched = pipe(text=[with_image, text_only, with_image], max_new_tokens=4, batch_size=3, return_full_text=False)
     assert [out[0]["generated_text"] for out in batched] == [
         alone[0]["generated_text"],
         alone[1]["generated_text"],

@@ -151,18 +151,22 @@ def test_pixel_values_reach_the_model_only_on_prefill(tiny_model_and_processor):
     assert seen == [True, False, False, False]
 
 
-def test_left_padded_batch_generates_like_each_prompt_alone(tiny_model_and_processor):
-    model, processor = tiny_model_and_processor
+def test_left_padded_batch_generates_like_each_prompt_alone(varied_model_and_processor):
+    model, processor = varied_model_and_processor
     conversations = [
         chat("Describe the picture.", image=make_image()),
         chat("How many circles are there? Is there a green triangle?", image=make_image(seed=1)),
     ]
+    alone = [
+        model.generate(**_inputs(processor, conversation), max_new_tokens=5, do_sample=False)[0, -5:]
+        for conversation in conversations
+    ]
+    assert not torch.equal(alone[0], alone[1]), "the prompts must give different answers, or the test proves nothing"
     batch = _inputs(processor, conversations)
     assert (batch["attention_mask"][:, 0] == 0).any(), "the shorter prompt must be left-padded"
     generated = model.generate(**batch, max_new_tokens=5, do_sample=False)[:, -5:]
-    for row, conversation in enumerate(conversations):
-        alone = model.generate(**_inputs(processor, conversation), max_new_tokens=5, do_sample=False)[:, -5:]
-        assert torch.equal(generated[row], alone[0])
+    for row in range(len(conversations)):
+        assert torch.equal(generated[row], alone[row])
 
 
 def test_several_images_and_text_only_samples_share_a_batch(tiny_model_and_processor):
