@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import assemble, make_image
 from datasets import Dataset
+from torch.utils._python_dispatch import TorchDispatchMode
 from training_helpers import A1, A2, Q1, Q2
 from trl import SFTConfig
 
@@ -83,6 +84,29 @@ def test_supervised_head_with_lora_and_gradient_checkpointing(components_dir):
     assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
 
 
+# aten matrix products -> the positions of their two matrix operands.
+PRODUCTS = {"mm": (0, 1), "addmm": (1, 2), "bmm": (0, 1), "baddbmm": (1, 2)}
+
+
+class RowsProjectedBy(TorchDispatchMode):
+    """Counts the rows multiplied with `weight` (or a view of it) by matrix products, whatever code issues them."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.storage = weight.untyped_storage().data_ptr()
+        self.rows = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        operands = PRODUCTS.get(func.overloadpacket.__name__)
+        if operands is not None:
+            left, right = (args[index] for index in operands)
+            if right.untyped_storage().data_ptr() == self.storage:  # hidden @ weight.T
+                self.rows += left.shape[-2] * (left.shape[0] if left.ndim == 3 else 1)
+            elif left.untyped_storage().data_ptr() == self.storage:  # weight @ hidden.T
+                self.rows += right.shape[-1] * (right.shape[0] if right.ndim == 3 else 1)
+        return func(*args, **(kwargs or {}))
+
+
 def test_trainer_compute_loss_uses_supervised_head(components_dir, tmp_path):
     model, processor = assemble(components_dir, "phi", "siglip")
     torch.nn.init.normal_(model.lm_head.bias)
@@ -93,6 +117,11 @@ def test_trainer_compute_loss_uses_supervised_head(components_dir, tmp_path):
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})  # fmt: skip
     trainer = TinyLlavaSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": "s"}]),
                                   data_collator=lambda x: x, processing_class=processor)  # fmt: skip
-    loss = trainer.compute_loss(trainer.model, dict(batch))
+    with RowsProjectedBy(model.lm_head.weight) as counter:
+        loss = trainer.compute_loss(trainer.model, dict(batch))
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert trainer._metrics["train"]["mean_token_accuracy"] and trainer._metrics["train"]["entropy"]
+    # The LM head projects the supervised positions only (TRL's own head projects all batch * (seq_len - 1)).
+    supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert 0 < supervised < batch["labels"][:, 1:].numel() / 4
+    assert counter.rows == supervised
