@@ -1,13 +1,14 @@
-"""The training collator: labels token for token against the original's masking (reference §3.3), the truncation
-rule, multi-turn / multi-image / text-only samples, image loading, and the token checks `training.data` runs."""
+"""The training collator: labels token for token against the original's masking rules (reference §3.3, worked by
+hand) and the original code's own labels, the truncation rule, multi-turn / multi-image / text-only samples, image
+loading, and the token checks `training.data` runs."""
 
 import pytest
 import torch
 from conftest import VISION_TOWERS, make_image
 from PIL import Image
-from tokenizers import processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from training_helpers import A1, A2, Q1, Q2
-from transformers import AutoTokenizer, SiglipImageProcessorPil
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, SiglipImageProcessorPil
 
 from modeling_tinyllava import TinyLlavaProcessor
 from tinyllava_hf.assembly import add_image_token
@@ -16,58 +17,61 @@ from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
 from tinyllava_hf.training.data import text_to_parts, token_problem
 
 ORIGINAL_IMAGE = -200
-TEMPLATE_EOS = {"phi": "<|endoftext|>", "qwen2_base": "<|endoftext|>", "qwen2_instruct": "<|im_end|>", "llama": "</s>",
-                "gemma": "<eos>"}  # fmt: skip
 NUM_IMAGE_TOKENS = 16  # SigLIP 32 px / patch 8, strategy "full"
 
 
-# --- the original's tokenization and masking (reference §2.1 and §3.3), written out for comparison -------------
+# --- hand-built tokenizers for hand-worked masks (reference §2.1 and §3.3) -----------------------------------
+
+# A short conversation (a system turn keeps the sequences short; the masking rules do not depend on its text).
+SYSTEM, HQ1, HA1, HQ2, HA2 = "Be brief.", "<image>\nWhat is it?", "A red square.", "And the color?", "Red."
+WORDS = ["Be", "brief.", "What", "is", "it?", "ASSISTANT:", "A", "red", "square.", "And", "the", "color?", "Red."]
+SPECIAL = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>"]
 
 
-def original_tokenize(prompt: str, tokenizer) -> list[int]:
-    """`tokenizer_image_token`: chunks split at <image> tokenized separately, one -200 between them, one BOS."""
-    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
-    offset = 1 if chunks[0] and chunks[0][0] == tokenizer.bos_token_id else 0
-    ids = [chunks[0][0]] if offset else []
-    for index, chunk in enumerate(chunks):
-        ids += ([ORIGINAL_IMAGE] if index else []) + chunk[offset:]
-    return ids
+def word_tokenizer(sentencepiece: bool, bos: bool) -> PreTrainedTokenizerFast:
+    """A Unigram tokenizer over whole words, with the space as a `▁` prefix (SentencePiece style).
 
-
-def unspliced(labels: list[int]) -> list[int]:
-    """Image positions left in the labels become IGNORE when the original splices in the features (§2.2)."""
-    return [IGNORE_INDEX if label == ORIGINAL_IMAGE else label for label in labels]
-
-
-def original_labels(prompt: str, tokenizer, template: str) -> tuple[list[int], list[int]]:
-    """`Template.make_labels` of the original for `template`; asserts its tokenization-mismatch check passes.
-
-    The llama template's extra -1 for later rounds compensates a SentencePiece artefact ("USER" after "</s>"
-    tokenizes differently than alone); byte-level tokenizers have no such artefact, so it does not apply here.
+    `"▁USER:"` is not a piece: it splits into `"▁US", "ER:"` while `"USER:"` right after an end-of-turn token is one
+    piece, which is the Llama vocabulary's artefact that the original's llama template corrects for (reference
+    §3.3). With `sentencepiece` a `▁` is also prepended to the start of the text, so a chunk tokenized on its own
+    after `<image>` starts with a lone `"▁"` (reference §2.1); without it the tokenizer behaves like a byte-level
+    one, where tokenizing chunk-wise or in one pass gives the same ids.
     """
-    ids = original_tokenize(prompt, tokenizer)
-    labels = list(ids)
-    if template == "pretrain":
-        num_masked = len(original_tokenize("<image>", tokenizer))
-        return ids, unspliced([IGNORE_INDEX] * num_masked + labels[num_masked:])
-    separator, eos = " ASSISTANT: ", TEMPLATE_EOS[template]
-    with_bos = template in ("llama", "gemma")
-    cur, eos_len, bos_len = (1, 1, 1) if with_bos else (0, len(tokenizer.encode(eos)), 0)
-    labels[:cur] = [IGNORE_INDEX] * cur
-    for round_text in prompt.split(eos):
-        parts = round_text.split(separator)
-        if round_text == "" or len(parts) != 2:
-            break
-        round_len = len(original_tokenize(round_text, tokenizer)) + eos_len - bos_len
-        instruction_len = len(original_tokenize(parts[0] + separator, tokenizer)) - 1 - bos_len
-        labels[cur : cur + instruction_len] = [IGNORE_INDEX] * instruction_len
-        cur += round_len
-    labels[cur:] = [IGNORE_INDEX] * (len(labels) - cur)
-    total_len = sum(token != tokenizer.pad_token_id for token in ids)
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        total_len += prompt.count(eos)
-    assert cur == total_len, "the original would have hit its tokenization-mismatch fallback"
-    return ids, unspliced(labels)
+    pieces = [*SPECIAL, "\n", "What", "A", "Red.", "Be", "▁US", "ER:", "USER:", *("▁" + word for word in WORDS)]
+    vocab = [(piece, -1.0) for piece in dict.fromkeys(pieces)] + [("▁", -5.0)]  # a lone ▁ only when nothing else fits
+    backend = Tokenizer(models.Unigram(vocab, unk_id=0))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(prepend_scheme="first" if sentencepiece else "never"),
+            pre_tokenizers.Split("\n", "isolated"),
+        ]
+    )
+    backend.decoder = decoders.Metaspace(prepend_scheme="first" if sentencepiece else "never")
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[3:]})
+    return add_image_token(tokenizer, "llama")
+
+
+def expected_from_spec(spec: str, tokenizer, image_token_id: int) -> tuple[list[int], list[int]]:
+    """(input ids, labels) written as tokens: `[ ... ]` encloses the supervised ones, `<image>` is one placeholder
+    run of `NUM_IMAGE_TOKENS`, `NL` is the newline token, and every other token is masked."""
+    ids, labels, supervised = [], [], False
+    for token in spec.split():
+        if token in "[]":
+            supervised = token == "["
+            continue
+        token = "\n" if token == "NL" else token
+        token_ids = (
+            [image_token_id] * NUM_IMAGE_TOKENS if token == "<image>" else [tokenizer.convert_tokens_to_ids(token)]
+        )
+        assert token == "<image>" or token_ids[0] != tokenizer.unk_token_id, f"{token!r} is not in the vocabulary"
+        ids += token_ids
+        labels += token_ids if supervised else [IGNORE_INDEX] * len(token_ids)
+    return ids, labels
 
 
 def collapse_images(ids: torch.Tensor, labels: torch.Tensor, image_token_id: int) -> tuple[list[int], list[int]]:
@@ -125,34 +129,64 @@ def supervised_text(batch, row, tokenizer) -> str:
 # --- parity with the original ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("template", ["phi", "qwen2_base", "qwen2_instruct", "llama", "gemma"])
-def test_conversation_labels_match_original_masking(tokenizers, template):
-    tokenizer = tokenizers["bos" if template in ("llama", "gemma") else "plain"]
-    eos = TEMPLATE_EOS[template]
-    prompt = f"{SYSTEM_PROMPT} USER: {Q1} ASSISTANT: {A1}{eos}USER: {Q2} ASSISTANT: {A2}{eos}"
-    processor = make_processor(tokenizer, template)
-    encoded = TinyLlavaCollator(processor).encode(sample(Q1, A1, Q2, A2))
+# Hand-worked with the rules of reference §3.3, for each template (E = its end-of-turn token). Tokens of the
+# original's sequence are numbered from 0; `tok_img` counts the image as one token.
+#
+# phi, qwen2_base, qwen2_instruct (base rule, no BOS): tokens 0-10 `Be ... ▁ASSISTANT:`, 11-14 `▁A ▁red ▁square. E`,
+#   15-19 `USER: ... ▁ASSISTANT:`, 20-21 `▁Red. E`. Round 1: tok_img(round) = 14 (the E is not in it),
+#   round_len = 14 + eos_len 1 = 15; tok_img("... ASSISTANT: ") = 12, instr_len = 12 - 1 = 11: mask 0-10, cur = 15.
+#   Round 2: tok_img = 6, round_len = 7; instr_len = 6 - 1 = 5: mask 15-19, cur = 22 = total: no mismatch.
+# gemma (cur starts at 1 to mask BOS, eos_len = bos_len = 1): the same tokens shifted by the BOS. Round 1:
+#   tok_img = 15 with BOS, round_len = 15 + 1 - 1 = 15; instr_len = 13 - 1 - 1 = 11: mask 1-11, cur = 16. Round 2:
+#   round_len = 7, instr_len = 5: mask 16-20, cur = 23 = total.
+# llama with the SentencePiece tokenizer (chunk-wise: a lone `▁` after the image; `▁USER:` is two pieces but `USER:`
+#   after `</s>` one): tokens 0 `<s>`, 1-12 `▁Be ▁brief. ▁US ER: ▁ <image> ▁ NL What ▁is ▁it? ▁ASSISTANT:`, 13-16
+#   `▁A ▁red ▁square. </s>`, 17-21 `USER: ▁And ▁the ▁color? ▁ASSISTANT:`, 22-23 `▁Red. </s>`. Round 1: tok_img = 16,
+#   round_len = 16; instr_len = 14 - 2 = 12: mask 1-12, cur = 17. Round 2 tokenizes alone as `<s> ▁US ER: ...`, one
+#   token more than in context, and the legacy correction (rounds after the first) takes 1 off both lengths:
+#   round_len = 8 - 1 = 7, instr_len = 8 - 2 - 1 = 5: mask 17-21, cur = 24 = total. (Gemma's rule, without the
+#   correction, would mask `▁Red.` and end at 25 != 24: the tokenization-mismatch fallback, no labels at all.)
+HAND_WORKED = {
+    "phi": "Be ▁brief. ▁US ER: ▁ <image> NL What ▁is ▁it? ▁ASSISTANT: [ ▁A ▁red ▁square. <|endoftext|> ] "
+    "USER: ▁And ▁the ▁color? ▁ASSISTANT: [ ▁Red. <|endoftext|> ]",
+    "qwen2_base": "Be ▁brief. ▁US ER: ▁ <image> NL What ▁is ▁it? ▁ASSISTANT: [ ▁A ▁red ▁square. <|endoftext|> ] "
+    "USER: ▁And ▁the ▁color? ▁ASSISTANT: [ ▁Red. <|endoftext|> ]",
+    "qwen2_instruct": "Be ▁brief. ▁US ER: ▁ <image> NL What ▁is ▁it? ▁ASSISTANT: [ ▁A ▁red ▁square. <|im_end|> ] "
+    "USER: ▁And ▁the ▁color? ▁ASSISTANT: [ ▁Red. <|im_end|> ]",
+    "gemma": "<s> Be ▁brief. ▁US ER: ▁ <image> NL What ▁is ▁it? ▁ASSISTANT: [ ▁A ▁red ▁square. <eos> ] "
+    "USER: ▁And ▁the ▁color? ▁ASSISTANT: [ ▁Red. <eos> ]",
+    "llama": "<s> ▁Be ▁brief. ▁US ER: ▁ <image> ▁ NL What ▁is ▁it? ▁ASSISTANT: [ ▁A ▁red ▁square. </s> ] "
+    "USER: ▁And ▁the ▁color? ▁ASSISTANT: [ ▁Red. </s> ]",
+}
 
-    ids, labels = collapse_images(encoded["input_ids"], encoded["labels"], processor.image_token_id)
-    expected_ids, expected_labels = original_labels(prompt, tokenizer, template)
-    assert ids == expected_ids
-    assert labels == expected_labels
-    assert tokenizer.decode([label for label in labels if label != IGNORE_INDEX]) == f" {A1}{eos} {A2}{eos}"
+
+@pytest.mark.parametrize("template", list(HAND_WORKED))
+def test_conversation_labels_follow_the_original_masking_rules(template):
+    sentencepiece = template == "llama"
+    tokenizer = word_tokenizer(sentencepiece=sentencepiece, bos=template in ("llama", "gemma"))
+    processor = TinyLlavaProcessor(
+        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATES[template],
+        num_image_tokens=NUM_IMAGE_TOKENS,
+        chunked_image_tokenization=sentencepiece,  # as converted llama checkpoints are set
+    )
+    encoded = TinyLlavaCollator(processor).encode(sample(HQ1, HA1, HQ2, HA2, system=SYSTEM))
+    expected_ids, expected_labels = expected_from_spec(HAND_WORKED[template], tokenizer, processor.image_token_id)
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == tokenizer.convert_ids_to_tokens(expected_ids)
+    assert encoded["labels"].tolist() == expected_labels
 
 
-@pytest.mark.parametrize("turns", [1, 2])
-def test_pretrain_labels_match_original_masking(tokenizers, turns):
-    tokenizer = tokenizers["plain"]
-    captions = ["a red square on a blue background", "two green circles"][:turns]
-    prompt = "".join(f"<image>{caption}\n" for caption in captions)
-    conversation = [text for caption in captions for text in ("<image>\nDescribe the picture.", caption)]
+def test_pretrain_labels_follow_the_original_masking_rule():
+    """pretrain: `<image>` + caption + "\\n" per turn, question text ignored; only `tok_img("<image>")` (the first
+    image) is masked, later images are masked when the features are spliced in (reference §2.2, §3.3)."""
+    tokenizer = word_tokenizer(sentencepiece=False, bos=False)
     processor = make_processor(tokenizer, "pretrain")
-    encoded = TinyLlavaCollator(processor).encode(sample(*conversation))
-
-    ids, labels = collapse_images(encoded["input_ids"], encoded["labels"], processor.image_token_id)
-    expected_ids, expected_labels = original_labels(prompt, tokenizer, "pretrain")
-    assert ids == expected_ids
-    assert labels == expected_labels
+    encoded = TinyLlavaCollator(processor).encode(sample("<image>\nDescribe it.", HA1, "<image>\nAnd now?", HA2))
+    spec = "<image> [ A ▁red ▁square. NL ] <image> [ Red. NL ]"
+    expected_ids, expected_labels = expected_from_spec(spec, tokenizer, processor.image_token_id)
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"]) == tokenizer.convert_ids_to_tokens(expected_ids)
+    assert encoded["labels"].tolist() == expected_labels
 
 
 def test_labels_equal_the_original_codes_own_labels(original_fixture):
