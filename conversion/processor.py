@@ -23,10 +23,18 @@ from .errors import ConversionError
 
 logger = logging.getLogger(__name__)
 
+# Any of these makes a directory a tokenizer directory (fast, SentencePiece, byte-level BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
 
 def load_tokenizer(directory: Path, family: str, model_max_length: int | None, padding_side: str | None):
     """The source tokenizer with `<image>` added and the original's pad/unk rules applied (reference §1.4)."""
     kwargs = {k: v for k, v in (("model_max_length", model_max_length), ("padding_side", padding_side)) if v}
+    if directory.is_dir() and not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise ConversionError(
+            f"No tokenizer in {directory}: none of {', '.join(TOKENIZER_FILES)}. The original loads it from the "
+            "config's tokenizer_name_or_path; pass that tokenizer's directory with --tokenizer DIR."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
     except (OSError, ValueError) as error:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .errors import ConversionError
 
@@ -67,7 +67,25 @@ def _load_bin(path: Path) -> dict[str, torch.Tensor]:
         logger.warning("%s is in the legacy (non-zip) format and is read fully into memory.", path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle.UnpicklingError for files that need more than weights_only allows
-        raise ConversionError(f"Could not read {path} with weights_only=True: {error}") from error
+        # torch's message is long and ends by suggesting weights_only=False; keep the line naming the culprit.
+        lines = [line.strip() for line in str(error).splitlines()]
+        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else repr(error))
+        raise ConversionError(
+            f"{path} cannot be read with weights_only=True ({detail}): it holds Python objects besides tensors, and "
+            "unpickling them could run arbitrary code. Save its state dict again with tensors only, or as "
+            "safetensors."
+        ) from error
+
+
+def _open_safetensors(path: Path):
+    """`safe_open(path)`, with a corrupt or truncated file named in a ConversionError."""
+    try:
+        return safe_open(path, framework="pt")
+    except SafetensorError as error:
+        raise ConversionError(
+            f"{path} is not a readable safetensors file ({error}); it is probably truncated or corrupt: download it "
+            "again."
+        ) from error
 
 
 def list_tensors(files: Iterable[Path], prefix: str = "") -> list[TensorInfo]:
@@ -75,7 +93,7 @@ def list_tensors(files: Iterable[Path], prefix: str = "") -> list[TensorInfo]:
     infos = []
     for path in files:
         if path.suffix == ".safetensors":
-            with safe_open(path, framework="pt") as handle:
+            with _open_safetensors(path) as handle:
                 for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
                     tensor_slice = handle.get_slice(key)
                     dtype = _TORCH_DTYPE[tensor_slice.get_dtype()]
@@ -101,7 +119,7 @@ class TensorReader:
     def read(self, info: TensorInfo) -> torch.Tensor:
         key = info.key[len(self._prefixes.get(info.file, "")) :]
         if info.file.suffix == ".safetensors":
-            with safe_open(info.file, framework="pt") as handle:
+            with _open_safetensors(info.file) as handle:
                 return handle.get_tensor(key)
         if self._bin_path != info.file:
             self._bin, self._bin_path = _load_bin(info.file), info.file

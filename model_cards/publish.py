@@ -133,21 +133,42 @@ def final_card_text(checkpoint_dir: Path, repo_id: str) -> str:
 def check_card(checkpoint_dir: Path, text: str) -> None:
     """Parses the card (YAML metadata, model-index), checks the metadata the Hub needs to list the model, and that
     the card is not older than the directory's evaluation results."""
+    readme = checkpoint_dir / "README.md"
     try:
         card = ModelCard(text)
     except Exception as error:  # yaml, validation and type errors all mean "does not parse"
-        raise PublishError(f"README.md: the card metadata does not parse: {error}") from error
+        raise PublishError(
+            f"{readme}: the card metadata (the YAML block between the --- lines; its line numbers count from the "
+            f"line after the opening ---) does not parse: {error}"
+        ) from error
     absent = [key for key in REQUIRED_CARD_METADATA if not card.data.get(key)]
     if absent:
-        raise PublishError(
-            f"README.md: the card metadata lacks {', '.join(absent)}; regenerate it with tinyllava-card."
-        )
+        raise PublishError(f"{readme}: the card metadata lacks {', '.join(absent)}; regenerate it with tinyllava-card.")
+    check_metadata_values(card.data, readme)
     eval_path = checkpoint_dir / EVAL_RESULTS_FILE
     if eval_path.is_file() and load_results(eval_path) and not card.data.eval_results:
         raise PublishError(
             f"README.md has no evaluation results but {EVAL_RESULTS_FILE} has; the card is older than "
             f"the results. Regenerate it with `tinyllava-card {checkpoint_dir}`."
         )
+
+
+def check_metadata_values(data, readme: Path) -> None:
+    """Raises for metadata values the Hub refuses: non-string names, and base models or datasets that are not repo
+    ids (a local path such as `../pretrain` left in `base_model`)."""
+    for key in REQUIRED_CARD_METADATA:
+        if not isinstance(data.get(key), str):
+            raise PublishError(f"{readme}: metadata {key!r} must be a string, got {data.get(key)!r}.")
+    for key in ("base_model", "datasets"):
+        values = data.get(key) or []
+        for value in [values] if isinstance(values, str) else values:
+            try:
+                validate_repo_id(value)
+            except HFValidationError as error:
+                raise PublishError(
+                    f"{readme}: metadata {key!r} holds {value!r}, which is not a Hub repo id ({error}); the Hub "
+                    "refuses the card. Regenerate it with tinyllava-card, or fix the entry."
+                ) from error
 
 
 def check_loads(checkpoint_dir: Path, trust_remote_code: bool) -> str:

@@ -198,7 +198,7 @@ def test_question_file_errors_name_the_file_and_line(tmp_path, capsys):
     write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "image": "a.jpg", "text": "x"}] * 2)
     assert run("gqa", tmp_path, "--question-file", tmp_path / "q.jsonl", "--annotation-file", tmp_path / "a.json",
                "--image-folder", tmp_path) == 2  # fmt: skip
-    assert "1 question(s) appear twice, e.g. id 1" in capsys.readouterr().err
+    assert "1 question(s) appear more than once with the same id and text" in capsys.readouterr().err
 
 
 def test_answer_file_resumes_after_a_cut_off_line(tmp_path):

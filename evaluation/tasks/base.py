@@ -2,7 +2,7 @@
 
 import argparse
 from abc import ABC, abstractmethod
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,12 +63,23 @@ def read_llava_questions(path: str | Path, with_category: bool = False) -> list[
 
 
 def check_unique(questions: list[Question], path: str | Path) -> list[Question]:
-    """Raises if two questions share id and text (their answers could not be told apart)."""
+    """Raises if two questions share id and text (their answers could not be told apart).
+
+    Questions are numbered from 1 in file order, as in the other errors about the question file.
+    """
     if not questions:
         raise EvaluationError(f"{path} has no questions.")
-    repeated = [key for key, count in Counter(q.key for q in questions).items() if count > 1]
+    positions = defaultdict(list)
+    for number, question in enumerate(questions, start=1):
+        positions[question.key].append(number)
+    repeated = [numbers for numbers in positions.values() if len(numbers) > 1]
     if repeated:
-        raise EvaluationError(f"{path}: {len(repeated)} question(s) appear twice, e.g. id {repeated[0][0]!r}.")
+        first = questions[repeated[0][0] - 1]
+        raise EvaluationError(
+            f"{path}: {len(repeated)} question(s) appear more than once with the same id and text, so their answers "
+            f"could not be told apart; e.g. id {first.question_id!r} is question "
+            f"{' and '.join(map(str, repeated[0]))}."
+        )
     return questions
 
 
