@@ -110,7 +110,8 @@ def test_task_scores_like_tinyllava_eval_strict(utils):
 def test_constraints_pin_the_installed_torch_and_its_torchvision():
     lines = (LMMS_EVAL_DIR / "constraints.txt").read_text().splitlines()
     requirements = {r.name: r for r in (Requirement(line) for line in lines if line.strip() and line[0] != "#")}
-    assert set(requirements) == {"torch", "torchvision"}
+    assert set(requirements) == {"torch", "torchvision", "filelock"}
     installed = Version(torch.__version__).base_version  # "2.13.0" for "2.13.0+cpu"
     assert requirements["torch"].specifier.contains(installed)
     assert str(requirements["torchvision"].specifier) == "==0.28.0"  # its wheel requires torch==2.13.0
+    assert requirements["torchvision"].specifier.contains("0.28.0+cpu")  # the CPU build satisfies it too
