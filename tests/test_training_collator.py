@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, SiglipImageProc
 
 from modeling_tinyllava import TinyLlavaProcessor
 from tinyllava_hf.assembly import add_image_token
-from tinyllava_hf.chat_templates import CHAT_TEMPLATES, SYSTEM_PROMPT
+from tinyllava_hf.chat_templates import CHAT_TEMPLATES
 from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
 from tinyllava_hf.training.data import text_to_parts, token_problem
 
