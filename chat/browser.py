@@ -82,15 +82,38 @@ class ChatPage:
 
     def ask(self, question: str) -> str:
         """Types `question`, presses Enter and waits until the answer is complete; returns the last bot message."""
+        self.textarea().send_keys(question)
+        return self.submit()
+
+    def submit(self) -> str:
+        """Presses Enter in the input box and waits until the answer is complete; returns the last bot message."""
         before = len(self.messages("bot"))
-        self.textarea().send_keys(question, Keys.ENTER)
+        self.textarea().send_keys(Keys.ENTER)
         # The app disables the input box while it answers, so a new bot message and an enabled box mean done.
-        self.wait_until(
-            lambda _: len(self.messages("bot")) > before and self.textarea().is_enabled(), f"the answer to {question!r}"
-        )
+        self.wait_until(lambda _: len(self.messages("bot")) > before and self.textarea().is_enabled(), "an answer")
         return self.messages("bot")[-1]
 
+    def use_example(self, question: str) -> None:
+        """Clicks the example with this question, and waits until it fills the input box (question and image)."""
+        (example,) = [
+            item for item in self.driver.find_elements(By.CSS_SELECTOR, "button.gallery-item") if item.text == question
+        ]
+        example.click()
+        self.wait_until(
+            lambda driver: (
+                self.textarea().get_attribute("value") == question
+                and driver.find_elements(By.CSS_SELECTOR, "#chat-input .thumbnail-item")
+            ),
+            f"the example {question!r} to fill the input box",
+        )
+
     def reset(self) -> None:
+        """Starts a new conversation with the page's reset button; on an empty chat, by reloading the page (a new
+        tab state), because then nothing on the page would show that the reset has reached the server."""
+        if not self.messages("user") and not self.messages("bot"):
+            self.driver.refresh()
+            self.wait_until(lambda _: self.textarea().is_enabled(), "the page to reload")
+            return
         self.driver.find_element(By.CSS_SELECTOR, "#reset").click()
         self.wait_until(lambda _: not self.messages("user") and not self.messages("bot"), "the chat to clear")
 

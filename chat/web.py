@@ -65,6 +65,7 @@ class ChatApp:
             history.append(file_message(path))
         if text:
             history.append(text_message("user", text))
+        yield history, busy, state  # the submission moves into the chat, and the box is locked until the answer
         try:
             for path in files:
                 state.pending_image = open_image(path, name=Path(path).name)
@@ -91,7 +92,7 @@ class ChatApp:
     def answer(self, image: str | None, question: str) -> str:
         """The `/answer` API: the complete greedy answer to `question` about the image file, in a new conversation."""
         try:
-            pil_image = open_image(image) if image else None
+            pil_image = open_image(image, name=Path(image).name) if image else None
             return self.chat_model.answer(pil_image, question, GenerationSettings(self.settings.max_new_tokens))
         except ChatInputError as error:
             raise gr.Error(str(error)) from None

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOOL_FOLDERS = ("training", "conversion", "evaluation", "model_cards")
+TOOL_FOLDERS = ("training", "conversion", "evaluation", "model_cards", "chat")
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,14 @@ def test_every_source_file_is_installed_under_the_namespace(wheel_files):
 def test_console_scripts_point_into_the_namespace(wheel_files):
     (entry_points,) = [wheel_files[name].decode() for name in wheel_files if name.endswith("entry_points.txt")]
     scripts = dict(line.split(" = ") for line in entry_points.splitlines() if " = " in line)
-    assert {"tinyllava-train", "tinyllava-convert", "tinyllava-eval", "tinyllava-card", "tinyllava-push"} <= set(
-        scripts
-    )
+    assert {
+        "tinyllava-train",
+        "tinyllava-convert",
+        "tinyllava-eval",
+        "tinyllava-card",
+        "tinyllava-push",
+        "tinyllava-chat",
+    } <= set(scripts)
     assert all(target.startswith("tinyllava_hf.") for target in scripts.values()), scripts
 
 
