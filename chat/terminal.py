@@ -44,16 +44,18 @@ class TerminalChat:
 
     def read_line(self) -> str | None:
         """The next input line without its newline; None at the end of input."""
-        interactive = self.stdin.isatty()
-        if interactive:
+        if self.stdin is sys.stdin and sys.stdin.isatty():
+            import readline  # noqa: F401  (line editing and history for input())
+
             self.stderr.write("you> ")
             self.stderr.flush()
-        line = self.stdin.readline()
-        if not line:
-            if interactive:
+            try:
+                return input()
+            except EOFError:
                 self.stderr.write("\n")
-            return None
-        return line.rstrip("\r\n")
+                return None
+        line = self.stdin.readline()
+        return line.rstrip("\r\n") if line else None
 
     def attach(self, path: str) -> None:
         if not path:

@@ -22,6 +22,8 @@ from .images import open_image
 from .session import ChatInputError, ChatModel, Conversation, GenerationSettings
 
 ERROR_PREFIX = "Error: "
+# Images in the chat at a readable size: small training images (the demo's are 32 px) would otherwise be specks.
+CSS = "#chatbot .image-frame img { width: 192px; height: 192px; object-fit: contain; image-rendering: pixelated; }"
 EMPTY_IMAGE_ONLY = "Image attached: now ask a question about it."
 
 
@@ -111,7 +113,7 @@ def build_app(
         state = gr.State(TabState())
         with gr.Row():
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(elem_id="chatbot", label="Conversation", height=460, buttons=["copy"])
+                chatbot = gr.Chatbot(elem_id="chatbot", label="Conversation", height=620, buttons=["copy"])
                 # Any file is accepted here, so that a wrong one gets an explanation in the chat, not a browser refusal.
                 textbox = gr.MultimodalTextbox(
                     elem_id="chat-input",
@@ -176,5 +178,6 @@ def serve(
         ssr_mode=False,  # server-side rendering needs Node.js; the page renders in the browser instead
         allowed_paths=sorted({str(example.image.parent) for example in examples}),
         footer_links=["api"],
+        css=CSS,
     )
     return blocks

@@ -4,7 +4,6 @@ app, and every answer it shows must equal `model.generate`'s greedy answer for t
 import json
 import os
 import shutil
-import socket
 
 import pytest
 from chat_helpers import (
@@ -37,12 +36,6 @@ def chromium():
         pytest.skip(message)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_checkpoint(word_model_dir, tmp_path_factory):  # noqa: F811
     """The word model as if the offline demo had trained it: a run record naming the demo's data, whose held-out
@@ -61,12 +54,9 @@ def app_url(demo_checkpoint):
     """The app, started once for the module, loading the checkpoint itself as `tinyllava-chat` does."""
     chat_model = ChatModel.load(str(demo_checkpoint))
     settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
-    port = free_port()
-    blocks = serve(
-        chat_model, str(demo_checkpoint), settings, find_examples(str(demo_checkpoint)), port=port, block=False
-    )
+    blocks = serve(chat_model, str(demo_checkpoint), settings, find_examples(str(demo_checkpoint)), block=False)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield blocks.local_url
     finally:
         blocks.close()
 
@@ -125,3 +115,20 @@ def test_answer_api(app_url, word_model, chat_files):  # noqa: F811
     assert answer == greedy_answer(*word_model, [user_turn(QUESTION, open_rgb(chat_files / "image1.png"))])
     with pytest.raises(AppError, match="notes.txt is not an image"):
         client.predict(handle_file(str(chat_files / "notes.txt")), QUESTION, api_name="/answer")
+
+
+def test_screenshot_tool(demo_checkpoint, word_model, tmp_path, capsys):  # noqa: F811
+    from tinyllava_hf.chat.screenshot import main as screenshot_main
+
+    output = tmp_path / "docs" / "chat.png"
+    assert screenshot_main([str(demo_checkpoint), str(output), f"--max-new-tokens={MAX_NEW_TOKENS}"]) == 0
+    with Image.open(output) as shot:
+        assert shot.format == "PNG" and shot.width >= 1000
+    # It held the demo's first two example questions about the first example's image.
+    first, second, *_ = find_examples(str(demo_checkpoint))
+    image = open_rgb(first.image)
+    answer = greedy_answer(*word_model, [user_turn(first.question, image)])
+    follow_up = [user_turn(first.question, image), assistant_turn(answer), user_turn(second.question)]
+    printed = capsys.readouterr().out
+    assert f"Q: {first.question}\nA: {answer}\n" in printed
+    assert f"Q: {second.question}\nA: {greedy_answer(*word_model, follow_up)}\n" in printed
