@@ -7,6 +7,7 @@ the chat as they are generated. The app also serves `/answer`, a single-turn gre
     Client("http://127.0.0.1:7860/").predict(handle_file("cat.png"), "What is this?", api_name="/answer")
 """
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from PIL import Image
 from .examples import Example
 from .images import open_image
 from .session import ChatInputError, ChatModel, Conversation, GenerationSettings
+
+logger = logging.getLogger(__name__)
 
 ERROR_PREFIX = "Error: "
 # Images in the chat at a readable size: small training images (the demo's are 32 px) would otherwise be specks.
@@ -82,6 +85,11 @@ class ChatApp:
                 yield [*history, text_message("assistant", answer)], busy, state
         except ChatInputError as error:
             yield [*history, text_message("assistant", ERROR_PREFIX + str(error))], done, state
+            return
+        except Exception as error:  # a failed generation must not leave the input box locked
+            logger.exception("Generation failed")
+            failure = f"{ERROR_PREFIX}generation failed ({type(error).__name__}: {error}); see the server log."
+            yield [*history, text_message("assistant", failure)], done, state
             return
         state.conversation.record(prompt, answer)
         state.pending_image = None

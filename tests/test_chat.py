@@ -193,6 +193,18 @@ def test_page_handler_streams_and_recovers_from_a_bad_upload(chat, word_model, c
     assert history == [] and state.conversation.messages == [] and state.pending_image is None
 
 
+def test_a_failed_generation_leaves_the_page_usable(chat, chat_files, monkeypatch):  # noqa: F811
+    def failing_stream(prompt, settings):
+        raise RuntimeError("CUDA out of memory")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(chat, "stream", failing_stream)
+    app, state = ChatApp(chat, SETTINGS), TabState()
+    *_, (history, box, state) = app.respond({"text": QUESTION, "files": []}, [], state, 12, 0, 1)
+    assert history[-1]["content"].startswith(ERROR_PREFIX + "generation failed (RuntimeError: CUDA out of memory)")
+    assert box.interactive and state.conversation.num_turns == 0
+
+
 def test_answer_endpoint_function(chat, word_model, chat_files):  # noqa: F811
     app = ChatApp(chat, SETTINGS)
     image = Image.open(chat_files / "image1.png").convert("RGB")
