@@ -1,6 +1,6 @@
 """The training LM head that scores only supervised positions: same loss, gradients and metrics as the model's own
 `forward(labels=...)`, with lm_head bias (Phi), tied embeddings (Qwen2), PEFT and gradient checkpointing, and
-through `TinyLlavaSFTTrainer.compute_loss`."""
+through `TinyLlavaSFTTrainer.compute_loss`; `lm_head` sees the supervised rows only, a bounded chunk at a time."""
 
 import pytest
 import torch
@@ -10,6 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from training_helpers import A1, A2, Q1, Q2
 from trl import SFTConfig
 
+from tinyllava_hf.training import supervised_head
 from tinyllava_hf.training.arguments import ModelArguments
 from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
 from tinyllava_hf.training.data import text_to_parts
@@ -26,6 +27,13 @@ def batch_for(processor):
     return TinyLlavaCollator(processor)([sample(Q1, A1, Q2, A2), sample(Q1, "Red.", seed=1)])
 
 
+def record_head_inputs(lm_head) -> list[torch.Size]:
+    """The input shapes of every `lm_head` call from now on."""
+    shapes = []
+    lm_head.register_forward_hook(lambda module, args, output: shapes.append(args[0].shape))
+    return shapes
+
+
 def reference_metrics(model, batch):
     """Loss, entropy and top-1 accuracy from the full logits of the model's own forward."""
     output = model(**batch)
@@ -38,8 +46,10 @@ def reference_metrics(model, batch):
 
 
 @pytest.mark.parametrize("family", ["phi", "qwen2", "gemma"])
-def test_supervised_head_equals_model_loss_and_gradients(components_dir, family):
+def test_supervised_head_equals_model_loss_and_gradients(components_dir, family, monkeypatch):
     model, processor = assemble(components_dir, family, "siglip")
+    vocab = model.lm_head.out_features
+    monkeypatch.setattr(supervised_head, "LOGITS_PER_CHUNK", 5 * vocab)  # several chunks of 5 rows
     model.train()
     if model.lm_head.bias is not None:  # Phi: make the bias matter (it is initialised to zero)
         torch.nn.init.normal_(model.lm_head.bias)
@@ -50,10 +60,18 @@ def test_supervised_head_equals_model_loss_and_gradients(components_dir, family)
     model.zero_grad()
 
     install_supervised_lm_head(model)
+    head_inputs = record_head_inputs(model.lm_head)
     output = model(**batch, fused_lm_head=True)
     output.loss.backward()
     torch.testing.assert_close(output.loss, loss, rtol=1e-5, atol=1e-6)
     mask = output.label_mask
+    # Our head, observably: lm_head projected the supervised rows only, 5 at a time (and again in the backward,
+    # which recomputes each chunk instead of keeping its logits).
+    num_supervised = int(mask.sum())
+    assert num_supervised > 10
+    forward_rows = [shape[0] for shape in head_inputs[: len(head_inputs) // 2]]
+    assert sum(forward_rows) == num_supervised and max(forward_rows) == 5
+    assert sorted(shape[0] for shape in head_inputs[len(head_inputs) // 2 :]) == sorted(forward_rows)
     torch.testing.assert_close(output.entropy[mask], entropy, rtol=1e-4, atol=1e-5)
     assert output.is_top1[mask].float().mean() == accuracy
     assert (output.log_probs[~mask] == 0).all()
@@ -61,6 +79,22 @@ def test_supervised_head_equals_model_loss_and_gradients(components_dir, family)
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6, msg=name)
     # Outside training the class's own forward runs (logits, generation).
     assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_supervised_head_without_supervised_tokens_gives_a_zero_loss_with_gradients(components_dir):
+    """A micro-batch whose answers were all truncated away still calls lm_head (DDP / FSDP / ZeRO-3 wait for its
+    gradient on every rank) and contributes a differentiable zero."""
+    model, processor = assemble(components_dir, "llama", "siglip")
+    model.train()
+    install_supervised_lm_head(model)
+    head_inputs = record_head_inputs(model.lm_head)
+    batch = batch_for(processor)
+    batch["labels"] = torch.full_like(batch["labels"], IGNORE_INDEX)
+    output = model(**batch, fused_lm_head=True)
+    output.loss.backward()
+    assert output.loss == 0 and not output.label_mask.any()
+    assert head_inputs[0][0] == 0
+    assert model.lm_head.weight.grad is not None and not model.lm_head.weight.grad.any()
 
 
 def test_supervised_head_with_lora_and_gradient_checkpointing(components_dir):
@@ -117,9 +151,12 @@ def test_trainer_compute_loss_uses_supervised_head(components_dir, tmp_path):
                      remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True})  # fmt: skip
     trainer = TinyLlavaSFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": "s"}]),
                                   data_collator=lambda x: x, processing_class=processor)  # fmt: skip
+    head_inputs = record_head_inputs(model.lm_head)
     with RowsProjectedBy(model.lm_head.weight) as counter:
         loss = trainer.compute_loss(trainer.model, dict(batch))
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    # Our head calls the lm_head module (TRL's reads its weight), on the supervised rows only.
+    assert [shape[0] for shape in head_inputs] == [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())]
     assert trainer._metrics["train"]["mean_token_accuracy"] and trainer._metrics["train"]["entropy"]
     # The LM head projects the supervised positions only (TRL's own head projects all batch * (seq_len - 1)).
     supervised = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
