@@ -58,6 +58,24 @@ def load_component_configs(llm: str, vision_tower: str):
     return AutoConfig.from_pretrained(llm), vision_config
 
 
+def build_skeleton(cls, config, dtype: torch.dtype | str):
+    """The model whose LM, vision tower and head are replaced at once by the pretrained parts, built cheaply.
+
+    Normally on the meta device, so the throwaway parts cost nothing. Under DeepSpeed ZeRO-3 (which transformers
+    treats as active as soon as a ZeRO-3 `TrainingArguments` exists) transformers builds every sub-model through
+    `deepspeed.zero.Init` and initialises it through gathered parameters, which cannot run on meta tensors ("Cannot
+    copy out of meta tensor"); the skeleton is then built partitioned, each rank holding 1/world_size of it. Its
+    random init runs under a forked RNG, so the connector initialised next gets the same weights as in one process.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        with torch.random.fork_rng(devices=[]):
+            return cls._from_config(config, dtype=dtype)
+    with torch.device("meta"):
+        return cls(config)
+
+
 def assemble_model(
     cls,
     llm: str,
@@ -78,8 +96,7 @@ def assemble_model(
     )
     language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
     vision_model = AutoModel.from_pretrained(vision_tower, config=vision_config, dtype=dtype)
-    with torch.device("meta"):
-        model = cls(config)
+    model = build_skeleton(cls, config, dtype)
     # Swap in the pretrained parts, then materialise the only fresh module, the connector.
     model.model.language_model = getattr(language_model, language_model.base_model_prefix)
     model.model.vision_tower = vision_model
