@@ -49,9 +49,7 @@ def parse_args(argv: list[str]):
         # The recipes ask for bf16 mixed precision, which TrainingArguments refuses without a GPU that has it.
         logging.getLogger(__name__).info("No bf16-capable GPU: training in float32 (--bf16 true to override).")
         argv = [*argv, "--bf16", "false"]
-    if _launched_on_several_cpu_processes() and not any(arg.startswith("--use_cpu") for arg in argv):
-        # Without use_cpu, TrainingArguments sets up no process group on CPU, and each process trains alone.
-        argv = [*argv, "--use_cpu", "true"]
+    argv = [*argv, *_cpu_process_group_flags(argv)]
     parser = TrlParser((ModelArguments, DataArguments, SFTConfig), prog="tinyllava-train")
     *parsed, unknown_in_recipe, unknown_flags = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
@@ -65,10 +63,23 @@ def parse_args(argv: list[str]):
     return model_args, data_args, sft_config, recipe.stem if recipe else None
 
 
-def _launched_on_several_cpu_processes() -> bool:
+def _cpu_process_group_flags(argv: list[str]) -> list[str]:
+    """The flags that make several processes launched on a machine without a GPU train together.
+
+    Without them each process trains alone on the whole dataset: accelerate sets up no process group on CPU unless
+    told to. DDP and FSDP need `--use_cpu true` (gloo). DeepSpeed must not get it (accelerate then ignores the
+    DeepSpeed config); it runs on its CPU accelerator and needs `--ddp_backend gloo`, without which accelerate counts
+    one process while DeepSpeed counts them all.
+    """
     import torch
 
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        return []
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        flag, value = "--ddp_backend", "gloo"
+    else:
+        flag, value = "--use_cpu", "true"
+    return [] if any(arg.startswith(flag) for arg in argv) else [flag, value]
 
 
 def run(argv: list[str]) -> Path:

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig
 
@@ -15,6 +16,13 @@ from ..chat_templates import LLM_TEMPLATE, resolve_chat_template
 from .arguments import DataArguments, ModelArguments
 from .collator import TinyLlavaCollator
 from .data import load_training_dataset
+from .distributed import (
+    check_distributed_strategy,
+    end_zero3_model_building,
+    gathered_parameters,
+    is_zero3,
+    keep_used_weight_conversions,
+)
 from .malloc_tuning import tune_malloc
 from .merge import merge_adapter
 from .outputs import plot_loss_curve, write_model_card, write_run_record
@@ -103,7 +111,10 @@ def load_model(model_args: ModelArguments, args: SFTConfig) -> TinyLlavaForCondi
     if model_args.model_name_or_path is not None:
         if model_args.tune_llm == "qlora":
             init_kwargs["quantization_config"] = quantization_config()
-        return TinyLlavaForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **init_kwargs)
+        model = TinyLlavaForConditionalGeneration.from_pretrained(model_args.model_name_or_path, **init_kwargs)
+        if is_zero3():
+            keep_used_weight_conversions(model)
+        return model
     if model_args.tune_llm == "qlora":
         raise ValueError(
             "QLoRA needs a saved base to quantize: run a stage first and pass its dir as --model_name_or_path."
@@ -150,8 +161,24 @@ def stage_record(model_args, data_args, args, trainer, recipe: str | None, skipp
         "steps": trainer.state.global_step,
         "final_loss": losses[-1] if losses else None,
         "lora": model_args.uses_lora,
+        "distributed": describe_strategy(trainer.accelerator),
         "skipped_or_truncated_samples": skipped_or_truncated,
     }
+
+
+def describe_strategy(accelerator) -> str:
+    """`DDP x 8 processes`, `FSDP2 x 2 processes`, `DeepSpeed ZeRO-3 x 4 processes` or `single process`."""
+    state = accelerator.state
+    if state.num_processes == 1 and state.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return "single process"
+    name = {DistributedType.FSDP: "FSDP", DistributedType.DEEPSPEED: "DeepSpeed ZeRO-"}.get(
+        state.distributed_type, "DDP"
+    )
+    if state.distributed_type == DistributedType.FSDP:
+        name += str(state.fsdp_plugin.fsdp_version)
+    elif state.distributed_type == DistributedType.DEEPSPEED:
+        name += str(state.deepspeed_plugin.zero_stage)
+    return f"{name} x {state.num_processes} processes"
 
 
 def train(
@@ -188,9 +215,10 @@ def train(
     if model_args.uses_lora:
         if base_checkpoint is None:
             base_checkpoint = str(output_dir / "base_model")
-            if args.process_index == 0:
-                model.save_pretrained(base_checkpoint)
-                processor.save_pretrained(base_checkpoint)
+            with gathered_parameters(model):  # ZeRO-3 partitioned the model as it was built
+                if args.process_index == 0:
+                    model.save_pretrained(base_checkpoint)
+                    processor.save_pretrained(base_checkpoint)
         model = apply_lora(model, model_args)
         # Absolute, so the adapter loads onto its base offline from any working directory.
         is_local = os.path.isdir(base_checkpoint)
@@ -215,6 +243,7 @@ def train(
             "connector": model_args.connector_lr,
         },
     )
+    check_distributed_strategy(trainer.accelerator)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     if collator.counts:
         logger.warning("Truncations while training (a sample counts once per epoch): %s", dict(collator.counts))
@@ -222,6 +251,8 @@ def train(
     save_dir = output_dir / "adapter" if model_args.uses_lora else output_dir
     trainer.save_model(str(save_dir))
     trainer.save_state()
+    if is_zero3():
+        end_zero3_model_building()  # the merge below loads models in this process alone
     if trainer.is_world_process_zero():
         if model_args.uses_lora:
             merge_adapter(save_dir, output_dir, base_checkpoint)

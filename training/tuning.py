@@ -59,7 +59,8 @@ def set_trainable(model: nn.Module, model_args: ModelArguments) -> dict[str, int
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(is_trainable(name, model_args))
         if parameter.requires_grad:
-            counts[module_of(name)] += parameter.numel()
+            # ZeRO-3 leaves an empty tensor in the module and records the real size in `ds_numel`.
+            counts[module_of(name)] += getattr(parameter, "ds_numel", parameter.numel())
     if not any(counts.values()):
         raise ValueError(
             "Nothing to train: every module is frozen (see --tune_llm/--tune_vision_tower/--tune_connector)."
