@@ -8,7 +8,7 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
-from distributed_helpers import CONFIGS, finetune_argv, launch, logged, write_two_samples
+from distributed_helpers import CONFIGS, REPO, finetune_argv, launch, logged, write_two_samples
 from safetensors.torch import load_file
 
 from tinyllava_hf.training.cli import main as train_main
@@ -27,24 +27,45 @@ def new_model_argv(components_dir: Path, data_root: Path, output_dir: Path, batc
     return [*finetune_argv(data_root, output_dir, batch_size, *model), "--use_cpu", "true"]
 
 
-@pytest.mark.parametrize(
-    "name, distributed_type",
-    [
-        ("ddp", DistributedType.MULTI_GPU),
-        ("zero2", DistributedType.DEEPSPEED),
-        ("zero3", DistributedType.DEEPSPEED),
-        ("fsdp", DistributedType.FSDP),
-    ],
-)
-def test_accelerate_configs_load_and_leave_precision_to_the_recipe(name, distributed_type):
+SHIPPED_CONFIGS = {
+    "ddp": (DistributedType.MULTI_GPU, None),
+    "fsdp": (DistributedType.FSDP, None),
+    "fsdp_offload": (DistributedType.FSDP, None),
+    "zero2": (DistributedType.DEEPSPEED, 2),
+    "zero3": (DistributedType.DEEPSPEED, 3),
+    "zero3_offload": (DistributedType.DEEPSPEED, 3),
+}
+
+
+def test_the_shipped_configs_are_these():
+    assert {path.stem for path in CONFIGS.glob("*.yaml")} == set(SHIPPED_CONFIGS)
+
+
+@pytest.mark.parametrize("name", list(SHIPPED_CONFIGS))
+def test_accelerate_configs_load_and_leave_precision_to_the_recipe(name):
+    distributed_type, zero_stage = SHIPPED_CONFIGS[name]
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert config.distributed_type == distributed_type
-    # 'no' lets the recipe's --bf16/--fp16 decide; anything else would silently override it.
-    assert config.mixed_precision == "no"
+    offload = name.endswith("_offload")
     if distributed_type == DistributedType.DEEPSPEED:
-        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+        # The DeepSpeed JSON takes precision, batch sizes and clipping from the recipe ("auto").
+        path = REPO / config.deepspeed_config["deepspeed_config_file"]
+        deepspeed = json.loads(path.read_text())
+        assert deepspeed["bf16"]["enabled"] == deepspeed["fp16"]["enabled"] == "auto"
+        assert deepspeed["gradient_accumulation_steps"] == deepspeed["gradient_clipping"] == "auto"
+        zero = deepspeed["zero_optimization"]
+        assert zero["stage"] == zero_stage
+        assert ("offload_param" in zero) == offload
+        if zero_stage == 3:  # a complete checkpoint per stage
+            assert zero["stage3_gather_16bit_weights_on_model_save"] is True
+        assert config.deepspeed_config["zero3_init_flag"] == (zero_stage == 3)
+    else:
+        # 'no' lets the recipe's --bf16/--fp16 decide; anything else would silently override it.
+        assert config.mixed_precision == "no"
     if distributed_type == DistributedType.FSDP:
+        assert config.fsdp_config["fsdp_version"] == 2
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # a complete checkpoint per stage
+        assert config.fsdp_config["fsdp_offload_params"] == offload
 
 
 def test_ddp_two_cpu_processes_match_one_process_with_the_same_global_batch(components_dir, two_samples, tmp_path):

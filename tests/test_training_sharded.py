@@ -3,10 +3,11 @@ with the same global batch: the logged losses and grad norms and the saved weigh
 really have been sharded (a run that quietly fell back to DDP fails), and each run must save a normal, complete
 checkpoint that loads in one process.
 
-Two launches per strategy cover the three ways a stage starts:
+Two launches per sharding strategy cover the three ways a stage starts:
 - a LoRA stage on a NEW model assembled from an LLM and a vision tower (the adapter's base is saved from the
   sharded model, then merged in one process);
 - a full finetune of every module, continuing from a saved checkpoint.
+ZeRO-2 (weights replicated, so nothing to check of them) runs the first, its use in the paper's recipes.
 """
 
 import json
@@ -27,6 +28,7 @@ STRATEGIES = {
     # (and tinyllava-train refuses that). distributed_entry.py switches accelerate's state to FSDP, see its docstring.
     "fsdp": (CONFIGS / "fsdp.yaml", ["--force_fsdp_on_cpu"], "FSDP2 x 2 processes"),
     "zero3": (CONFIGS / "zero3.yaml", [], "DeepSpeed ZeRO-3 x 2 processes"),
+    "zero2": (CONFIGS / "zero2.yaml", [], "DeepSpeed ZeRO-2 x 2 processes"),
 }
 LORA = ["--tune_llm", "lora", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"]  # no dropout: no RNG
 
@@ -67,6 +69,9 @@ def run_sharded(strategy: str, argv: list[str], output_dir: Path) -> list[dict]:
 def assert_sharded(strategy: str, ranks: list[dict]) -> None:
     """Each rank held about half of every parameter: DTensor shards (FSDP2) or ZeRO-3 partitions, never replicas."""
     full = ranks[0]["full_numel"]
+    if strategy == "zero2":  # weights replicated by design; the run record shows ZeRO-2 ran
+        assert all(rank["local_numel"] == full and rank["fsdp_sharded"] == 0 for rank in ranks)
+        return
     assert sum(rank["local_numel"] for rank in ranks) == full
     for rank in ranks:
         if strategy == "fsdp":
@@ -106,6 +111,8 @@ def test_two_sharded_cpu_processes_match_one_process(strategy, components_dir, s
     )
     assert_same_weights(single_lora / "base_model" / "model.safetensors", lora_dir / "base_model" / "model.safetensors")
     assert_same_weights(single_lora / "model.safetensors", lora_dir / "model.safetensors")
+    if strategy == "zero2":
+        return
 
     full_dir = tmp_path / "full"
     ranks = run_sharded(strategy, finetune_argv(data, full_dir, 1, *full_from_checkpoint(single_lora)), full_dir)

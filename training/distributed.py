@@ -45,9 +45,9 @@ def check_distributed_strategy(accelerator: Accelerator) -> None:
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     problem = None
     if launched > 1 and state.num_processes != launched:
-        problem = f"{launched} processes were launched but accelerate set up {state.num_processes} ({got})"
+        problem = f"{launched} processes were launched but accelerate set up {state.num_processes} ({got.value})"
     elif wanted is not None and got != wanted:
-        problem = f"the accelerate config asks for {wanted} but accelerate set up {got}"
+        problem = f"the accelerate config asks for {wanted.value} but accelerate set up {got.value}"
     elif wanted == DistributedType.FSDP and state.fsdp_plugin.fsdp_version != detail:
         problem = (
             f"the accelerate config asks for FSDP{detail} but accelerate set up FSDP{state.fsdp_plugin.fsdp_version}"
