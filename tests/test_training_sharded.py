@@ -124,3 +124,13 @@ def test_two_sharded_cpu_processes_match_one_process(strategy, components_dir, s
     model, info = AutoModelForImageTextToText.from_pretrained(full_dir, output_loading_info=True)
     assert isinstance(model, TinyLlavaForConditionalGeneration)
     assert not any(info.values()), info
+
+
+def test_fsdp_config_on_cpu_processes_is_refused_not_run_as_ddp(single_process, tmp_path):
+    """accelerate sets up DDP for fsdp.yaml on CPU processes; tinyllava-train must stop before training."""
+    data, checkpoint, _ = single_process
+    argv = finetune_argv(data, tmp_path / "out", 1, "--model_name_or_path", str(checkpoint))
+    result = launch(CONFIGS / "fsdp.yaml", ["-m", "tinyllava_hf.training", *argv])
+    assert result.returncode != 0
+    assert "the accelerate config asks for FSDP but accelerate set up MULTI_CPU" in result.stderr
+    assert not (tmp_path / "out" / "trainer_state.json").exists()
