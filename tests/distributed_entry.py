@@ -37,14 +37,16 @@ def force_fsdp_on_cpu() -> None:
 
 
 class StrategyRecord(TrainerCallback):
-    """Writes how the parameters are held after the first optimizer step."""
+    """Writes how the parameters are held after this process's first optimizer step."""
 
     def __init__(self, directory: Path):
         self.directory = directory
+        self.written = False
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step != 1:
+        if self.written:  # the first step of this process (step 3 of a run resumed from step 2)
             return
+        self.written = True
         from torch.distributed.tensor import DTensor
 
         model = getattr(model, "module", model)  # the DeepSpeed engine holds the model as `module`

@@ -7,6 +7,8 @@ Two launches per sharding strategy cover the three ways a stage starts:
 - a LoRA stage on a NEW model assembled from an LLM and a vision tower (the adapter's base is saved from the
   sharded model, then merged in one process);
 - a full finetune of every module, continuing from a saved checkpoint.
+ZeRO-3 also resumes that run from its step-2 Trainer checkpoint (`--resume_from_checkpoint`) and must end where the
+uninterrupted run ended.
 ZeRO-2 (weights replicated, so nothing to check of them) runs the first, its use in the paper's recipes.
 """
 
@@ -38,7 +40,9 @@ def lora_new_model(components_dir: Path) -> list[str]:
 
 
 def full_from_checkpoint(checkpoint: Path) -> list[str]:
-    return ["--model_name_or_path", str(checkpoint), "--tune_vision_tower", "full"]
+    """Every module trained; Trainer checkpoints at steps 2 and 3 (for the resume case)."""
+    saving = ["--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3"]
+    return ["--model_name_or_path", str(checkpoint), "--tune_vision_tower", "full", *saving]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,11 @@ def assert_same_training(single_dir: Path, sharded_dir: Path, strategy: str) -> 
     assert stage["hyperparameters"]["global_batch_size"] == 2
 
 
+def assert_same_files(single_dir: Path, sharded_dir: Path) -> None:
+    """The same checkpoint layout, remote code included (FSDP2 once wrote torch's `_fsdp_*.py` files instead)."""
+    assert sorted(path.name for path in sharded_dir.iterdir()) == sorted(path.name for path in single_dir.iterdir())
+
+
 def assert_same_weights(single_file: Path, sharded_file: Path) -> None:
     single, sharded = load_file(single_file), load_file(sharded_file)
     assert single.keys() == sharded.keys()
@@ -111,6 +120,7 @@ def test_two_sharded_cpu_processes_match_one_process(strategy, components_dir, s
     )
     assert_same_weights(single_lora / "base_model" / "model.safetensors", lora_dir / "base_model" / "model.safetensors")
     assert_same_weights(single_lora / "model.safetensors", lora_dir / "model.safetensors")
+    assert_same_files(single_lora, lora_dir)
     if strategy == "zero2":
         return
 
@@ -119,11 +129,21 @@ def test_two_sharded_cpu_processes_match_one_process(strategy, components_dir, s
     assert_sharded(strategy, ranks)
     assert_same_training(single_full, full_dir, strategy)
     assert_same_weights(single_full / "model.safetensors", full_dir / "model.safetensors")
+    assert_same_files(single_full, full_dir)
 
     # A normal, complete checkpoint: the Auto class loads it in this one process, every weight present.
     model, info = AutoModelForImageTextToText.from_pretrained(full_dir, output_loading_info=True)
     assert isinstance(model, TinyLlavaForConditionalGeneration)
     assert not any(info.values()), info
+
+    if strategy == "zero3":  # resume the same run from its step-2 checkpoint (ZeRO-3 partitioned optimizer states)
+        resumed_dir = tmp_path / "resumed"
+        resume = ["--resume_from_checkpoint", str(full_dir / "checkpoint-2")]
+        argv = finetune_argv(data, resumed_dir, 1, *full_from_checkpoint(single_lora), *resume)
+        assert_sharded(strategy, run_sharded(strategy, argv, resumed_dir))
+        # Steps 1-2 are the checkpoint's log; step 3 must continue exactly (weights, optimizer, scheduler, RNG).
+        assert logged(resumed_dir, "loss") == pytest.approx(logged(full_dir, "loss"), rel=1e-5)
+        assert_same_weights(full_dir / "model.safetensors", resumed_dir / "model.safetensors")
 
 
 def test_fsdp_config_on_cpu_processes_is_refused_not_run_as_ddp(single_process, tmp_path):
