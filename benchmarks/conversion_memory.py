@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, PreTrainedTokenizerFast, SiglipVisionConfig
+from transformers import LlamaConfig, SiglipVisionConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration
 from tinyllava_hf.conversion.tensor_io import OutputTensor, write_sharded_safetensors
+from tinyllava_hf.demo.tokenizer import build_tokenizer
 
 TARGET_RATIO = 1.3
 
@@ -79,19 +79,8 @@ def write_synthetic_checkpoint(directory: Path, shard_size: int) -> int:
         "vision_config": vision.to_dict(),
     }
     (directory / "config.json").write_text(json.dumps(original))
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer, tokenizer.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tokenizer.train_from_iterator(
-        ["A chat between a curious user and an assistant."],
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<unk>", "<s>", "</s>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    ).save_pretrained(directory)
+    corpus = ["A chat between a curious user and an assistant."]
+    build_tokenizer(corpus, vocab_size=300, model_max_length=2048).save_pretrained(directory)
     return sum(t.nbytes for t in tensors)
 
 

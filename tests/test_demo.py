@@ -1,5 +1,6 @@
-"""The offline demo (`tinyllava-train demo`): its synthetic data says what its images show, and a reduced-size run
-(`--quick`) goes through the real CLI end to end and leaves every promised output behind."""
+"""The offline demo (`tinyllava-demo`, also `tinyllava-train demo`): its synthetic data says what its images show, its
+pass/fail rule holds every question category to the margin, and a reduced-size run (`--quick`) goes through the real
+CLI end to end, checks the margins and leaves every promised output behind."""
 
 import json
 import random
@@ -10,13 +11,11 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer, pipeline
 
-from tinyllava_hf.training.cli import main as train_main
-from tinyllava_hf.training.data import llava_record_to_sample
-from tinyllava_hf.training.demo.components import ModelSize, build_components
-from tinyllava_hf.training.demo.dataset import write_demo_data
-from tinyllava_hf.training.demo.evaluate import Accuracy
-from tinyllava_hf.training.demo.run import check_margin
-from tinyllava_hf.training.demo.synthetic import (
+from tinyllava_hf.demo.components import ModelSize, build_components
+from tinyllava_hf.demo.dataset import write_demo_data
+from tinyllava_hf.demo.evaluate import Accuracy, eval_summary, margin_failures
+from tinyllava_hf.demo.report import check_margins
+from tinyllava_hf.demo.synthetic import (
     BACKGROUND,
     COLORS,
     QUADRANTS,
@@ -26,6 +25,8 @@ from tinyllava_hf.training.demo.synthetic import (
     question_types_for,
     random_scene,
 )
+from tinyllava_hf.training.cli import main as train_main
+from tinyllava_hf.training.data import llava_record_to_sample
 
 
 def shape_pixels(image, quadrant: int) -> np.ndarray:
@@ -90,16 +91,37 @@ def test_demo_tokenizer_round_trips_the_template_and_keeps_answers_short(tmp_pat
         assert len(tokenizer(" " + answer)["input_ids"]) == 1, answer
 
 
-def test_margin_check_fails_the_demo_when_the_image_does_not_help():
-    same = Accuracy(0.4, {"color": 0.4})
-    with pytest.raises(SystemExit, match="does not beat the blank-image accuracy"):
-        check_margin(same, same, min_margin=0.25)
-    check_margin(Accuracy(0.9, {"color": 0.9}), same, min_margin=0.25)
+def summary_file(tmp_path, real: dict[str, float], blank: dict[str, float]):
+    """An evaluation summary as the demo publishes it, with the given per-category accuracies."""
+    summary = eval_summary(Accuracy(0.5, real), Accuracy(0.5, blank), num_questions=8)
+    path = tmp_path / "synthetic_shapes_qa_summary.json"
+    path.write_text(json.dumps(summary))
+    return path
 
 
-def test_quick_demo_runs_end_to_end_through_the_cli(tmp_path, capsys):
+def test_margin_rule_holds_every_category_to_the_margin(tmp_path):
+    blank = {"color": 0.3, "shape": 0.35, "count": 0.5, "position": 0.25}
+    seeing = {"color": 1.0, "shape": 0.9, "count": 0.95, "position": 0.6}
+    check_margins(summary_file(tmp_path, seeing, blank), min_margin=0.3)  # passes: every margin >= 30 points
+    # One blind category fails the demo although the overall accuracy is far above the blank image's.
+    blind_to_shape = {**seeing, "shape": 0.4}
+    assert margin_failures(
+        eval_summary(Accuracy(0.8, blind_to_shape), Accuracy(0.3, blank), 8)["results"][0]["metrics"], 0.3
+    ) == ["shape: 40.0% vs 35.0% blank (+5.0 points)"]
+    with pytest.raises(SystemExit, match=r"every category.*\n  shape: 40.0% vs 35.0% blank"):
+        check_margins(summary_file(tmp_path, blind_to_shape, blank), min_margin=0.3)
+    # A margin of exactly 30 points passes, whatever the float arithmetic makes of 0.85 - 0.55.
+    check_margins(summary_file(tmp_path, {**seeing, "shape": 0.85}, {**blank, "shape": 0.55}), min_margin=0.3)
+
+
+def test_quick_demo_runs_end_to_end_through_the_cli_and_checks_the_margins(tmp_path, capsys):
     output_dir = tmp_path / "demo"
-    assert train_main(["demo", "--output_dir", str(output_dir), "--quick"]) == 0
+    # Three steps per stage learn nothing, so a 100-point margin cannot hold: the run must fail on its margin check,
+    # naming every category, after writing all its outputs.
+    with pytest.raises(SystemExit, match="Demo FAILED") as failure:
+        train_main(["demo", "--output_dir", str(output_dir), "--quick", "--min_margin", "1.0"])
+    for kind in QUESTION_TYPES:
+        assert f"\n  {kind}: " in str(failure.value)
     printed = capsys.readouterr().out
 
     for name in ("pretrain.json", "finetune.json", "eval.json"):
@@ -112,12 +134,20 @@ def test_quick_demo_runs_end_to_end_through_the_cli(tmp_path, capsys):
     assert [stage["recipe"] for stage in stages] == ["pretrain", "finetune"]
     assert stages[1]["base_checkpoint"] == str(output_dir / "pretrain")
 
-    # The accuracies are measured, printed, and carried by the checkpoint's eval results and model card.
+    # Per category, the accuracies with the real and the blank image are printed, saved in the evaluation summary and
+    # carried by the checkpoint's eval results and model card.
+    summary = json.loads((output_dir / "eval" / "synthetic_shapes_qa_summary.json").read_text())
     metrics = json.loads((checkpoint / "eval_results.json").read_text())["results"][0]["metrics"]
-    for label, key in (("with the real image", "accuracy"), ("with a blank image", "blank_image_accuracy")):
-        assert 0.0 <= metrics[key] <= 1.0
-        assert re.search(rf"{label}\s+{metrics[key] * 100:.1f}%", printed), printed
-    assert "blank_image_accuracy" in (checkpoint / "README.md").read_text()
+    assert summary["results"][0]["metrics"] == metrics
+    for kind in (*QUESTION_TYPES, None):
+        real, blank = (metrics[f"{prefix}accuracy{f'_{kind}' if kind else ''}"] for prefix in ("", "blank_image_"))
+        assert 0.0 <= real <= 1.0 and 0.0 <= blank <= 1.0
+        cells = (kind or "overall", f"{real:.1%}", f"{blank:.1%}", f"{(real - blank) * 100:+.1f}")
+        row = "\n  " + r"\s+".join(map(re.escape, cells))
+        assert re.search(row, printed), printed
+    assert "blank_image_accuracy_position" in (checkpoint / "README.md").read_text()
+    answers = (output_dir / "eval" / "synthetic_shapes_qa_blank_image_answers.jsonl").read_text().splitlines()
+    assert len(answers) == len(json.loads((output_dir / "data" / "eval.json").read_text()))
 
     # The printed answer is what the image-text-to-text pipeline gives for the first held-out question.
     example = json.loads((output_dir / "data" / "eval.json").read_text())[0]
@@ -130,3 +160,4 @@ def test_quick_demo_runs_end_to_end_through_the_cli(tmp_path, capsys):
     output = generator(text=messages, max_new_tokens=6, return_full_text=False, generate_kwargs={"do_sample": False})
     assert output[0]["generated_text"].strip() == printed_answer
     assert str(checkpoint) in printed and "Wall time" in printed
+    assert f"tinyllava-chat {checkpoint}" in printed

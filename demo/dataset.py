@@ -7,17 +7,30 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .synthetic import CAPTION_PROMPT, QUESTION_TYPES, ask, draw_scene, question_types_for, random_scene
+from .synthetic import (
+    CAPTION_PROMPT,
+    QUESTION_TYPES,
+    ask,
+    blank_image,
+    draw_scene,
+    question_types_for,
+    random_scene,
+)
+
+# The blank-image baseline asks every held-out question about this image instead of its own.
+BLANK_IMAGE = "blank.png"
 
 
 @dataclass(frozen=True)
 class DemoData:
-    """Where the generated data lives. The JSON files name images relative to `image_folder`."""
+    """Where the generated data lives. The JSON files name images relative to `image_folder`, which also holds
+    `blank_image`, the empty scene of the blank-image baseline."""
 
     image_folder: Path
     pretrain_json: Path
     finetune_json: Path
     eval_json: Path
+    blank_image: str = BLANK_IMAGE
 
 
 def _write_image(scene, name: str, image_folder: Path, image_size: int, rng: random.Random) -> str:
@@ -65,7 +78,8 @@ def write_demo_data(
     """Generates the images and the three JSON files under `root`.
 
     Args:
-        root: output directory; `images/`, `pretrain.json`, `finetune.json` and `eval.json` are written in it.
+        root: output directory; `images/` (with `blank.png`), `pretrain.json`, `finetune.json` and `eval.json` are
+            written in it.
         num_pretrain: number of image-caption pairs.
         num_finetune: number of multi-turn conversations (each with its own image).
         num_eval: number of held-out single questions, spread evenly over the question types, each on a new image.
@@ -99,6 +113,7 @@ def write_demo_data(
         held_out.append(_eval_sample(index, image, scene, kind, rng))
         progress.update()
     progress.close()
+    blank_image(image_size).save(image_folder / BLANK_IMAGE)
 
     data = DemoData(image_folder, root / "pretrain.json", root / "finetune.json", root / "eval.json")
     for path, samples in ((data.pretrain_json, pretrain), (data.finetune_json, finetune), (data.eval_json, held_out)):

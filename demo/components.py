@@ -8,11 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     SiglipVisionModel,
@@ -20,8 +18,8 @@ from transformers import (
 
 from ...chat_templates import SYSTEM_PROMPT
 from .synthetic import vocabulary_corpus
+from .tokenizer import build_tokenizer
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 # Words the `llama` chat template writes around every turn.
 TEMPLATE_WORDS = [SYSTEM_PROMPT, "USER: ASSISTANT:"]
 
@@ -36,30 +34,6 @@ class ModelSize:
     vision_layers: int = 3
     text_hidden: int = 128
     text_layers: int = 2
-
-
-def build_tokenizer(
-    corpus: list[str], special_tokens: list[str] = SPECIAL_TOKENS, vocab_size: int = 1000, model_max_length: int = 512
-) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on `corpus` until (nearly) every word is one token.
-
-    Byte-level BPE decodes back to the exact text, spaces included, which a word-level vocabulary would not.
-    `</s>` ends every assistant turn of the `llama` template; `<unk>` becomes the pad token (reference §1.4).
-    """
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        model_max_length=model_max_length,
-    )
 
 
 def build_components(root: Path, size: ModelSize, seed: int = 0) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""`python -m tinyllava_hf.training.demo` is `tinyllava-train demo`."""
+"""`python -m tinyllava_hf.demo` is `tinyllava-demo`."""
 
 import sys
 
