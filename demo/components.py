@@ -1,4 +1,5 @@
-"""Builds the demo's 'pretrained' components from configs: a tokenizer, a tiny LLM and a tiny vision tower.
+"""Builds the demo's pretrained components: a tokenizer trained on the demo's words, a tiny LLM from a config (random
+weights, trained by both TinyLLaVA stages) and a tiny vision tower pretrained on the synthetic world.
 
 They are saved as ordinary Hub-style directories, so the demo assembles its TinyLLaVA through exactly the path a user
 takes with real checkpoints (`--llm DIR --vision_tower DIR`, i.e. `from_pretrained_components`).
@@ -19,6 +20,7 @@ from transformers import (
 from ...chat_templates import SYSTEM_PROMPT
 from .synthetic import vocabulary_corpus
 from .tokenizer import build_tokenizer
+from .vision_pretraining import pretrain_vision_tower
 
 # Words the `llama` chat template writes around every turn.
 TEMPLATE_WORDS = [SYSTEM_PROMPT, "USER: ASSISTANT:"]
@@ -34,11 +36,15 @@ class ModelSize:
     vision_layers: int = 3
     text_hidden: int = 128
     text_layers: int = 2
+    vision_feature_layer: int = -1  # the hidden state the connector reads, and the one the tower is pretrained on
 
 
-def build_components(root: Path, size: ModelSize, seed: int = 0) -> tuple[Path, Path]:
+def build_components(
+    root: Path, size: ModelSize, seed: int = 0, vision_pretraining_steps: int = 0
+) -> tuple[Path, Path]:
     """Writes a randomly initialised Llama-style LLM (with its tokenizer) and a SigLIP vision tower (with its image
-    processor) under `root`.
+    processor) under `root`; the tower is first pretrained on the synthetic world for `vision_pretraining_steps`
+    steps (see [`vision_pretraining`]), as TinyLLaVA starts from a pretrained tower.
 
     Returns:
         `(llm_dir, vision_dir)`, to pass as `--llm` and `--vision_tower`.
@@ -69,7 +75,19 @@ def build_components(root: Path, size: ModelSize, seed: int = 0) -> tuple[Path, 
         intermediate_size=2 * size.vision_hidden,
         num_hidden_layers=size.vision_layers,
         num_attention_heads=4,
+        vision_use_head=False,  # SigLIP's pooling head: TinyLLaVA reads the patch features, never the pooled one
     )
-    SiglipVisionModel(vision_config).save_pretrained(vision_dir)
-    SiglipImageProcessorPil(size={"height": size.image_size, "width": size.image_size}).save_pretrained(vision_dir)
+    tower = SiglipVisionModel(vision_config)
+    processor = SiglipImageProcessorPil(size={"height": size.image_size, "width": size.image_size})
+    if vision_pretraining_steps:
+        pretrain_vision_tower(
+            tower,
+            processor,
+            size.image_size,
+            vision_pretraining_steps,
+            feature_layer=size.vision_feature_layer,
+            seed=seed,
+        )
+    tower.save_pretrained(vision_dir)
+    processor.save_pretrained(vision_dir)
     return llm_dir, vision_dir
