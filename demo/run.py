@@ -14,6 +14,7 @@ offline, in a few minutes on a laptop CPU.
 
 import argparse
 import json
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -187,6 +188,8 @@ def run_demo(settings: DemoSettings, output_dir: Path, seed: int = 0) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of `tinyllava-demo`."""
     args = parse_args(argv)
+    # The same format as `tinyllava-train`'s stages, set up before the demo's own steps log anything.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = QUICK if args.quick else FULL
     if args.min_margin is not None:
         settings = replace(settings, min_margin=args.min_margin)

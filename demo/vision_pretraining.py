@@ -15,6 +15,7 @@ import random
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import SiglipImageProcessorPil, SiglipVisionModel
 
 from .synthetic import COLORS, NUMBER_WORDS, QUADRANTS, SHAPES, draw_scene, random_scene
@@ -110,7 +111,7 @@ def pretrain_vision_tower(
     optimizer = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     tower.train()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="Pretraining the vision tower", unit="step"):
         batch = torch.randint(0, num_images, (batch_size,), generator=generator)
         features = tower(train_pixels[batch], output_hidden_states=True).hidden_states[feature_layer]
         loss = probe_loss(heads(features), train_labels[batch])

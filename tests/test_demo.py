@@ -8,8 +8,9 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
-from transformers import AutoTokenizer, pipeline
+from transformers import AutoTokenizer, SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel, pipeline
 
 from tinyllava_hf.demo.components import ModelSize, build_components
 from tinyllava_hf.demo.dataset import write_demo_data
@@ -25,6 +26,7 @@ from tinyllava_hf.demo.synthetic import (
     question_types_for,
     random_scene,
 )
+from tinyllava_hf.demo.vision_pretraining import CATEGORIES, pretrain_vision_tower
 from tinyllava_hf.training.cli import main as train_main
 from tinyllava_hf.training.data import llava_record_to_sample
 
@@ -89,6 +91,23 @@ def test_demo_tokenizer_round_trips_the_template_and_keeps_answers_short(tmp_pat
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     for answer in [*COLORS, "circle", "square", "triangle", "one", "four"]:
         assert len(tokenizer(" " + answer)["input_ids"]) == 1, answer
+
+
+def test_vision_pretraining_teaches_the_tower_shape_and_position():
+    """Why the demo pretrains its tower: shape and position, which a random tower trained through the LM never
+    learned, become readable from the patch features in a few hundred steps (chance: 33% shape, 25% position)."""
+    config = SiglipVisionConfig(
+        image_size=32, patch_size=8, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, vision_use_head=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    tower = SiglipVisionModel(config)
+    processor = SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    before = {name: tensor.clone() for name, tensor in tower.state_dict().items()}
+    accuracy = pretrain_vision_tower(tower, processor, image_size=32, steps=150, num_images=500)
+    assert set(accuracy) == set(CATEGORIES)
+    assert accuracy["shape"] > 0.6 and accuracy["position"] > 0.6, accuracy
+    assert all(not torch.equal(before[name], tensor) for name, tensor in tower.state_dict().items())
 
 
 def summary_file(tmp_path, real: dict[str, float], blank: dict[str, float]):
