@@ -3,7 +3,7 @@ trained by it.
 
 A local checkpoint records the datasets each training stage read (`tinyllava_run.json`, written by
 `tinyllava-train`). `tinyllava-train demo` writes its data as `data/{pretrain,finetune,eval}.json` with the images in
-`data/images/` (`training/demo/dataset.py`); `eval.json` holds held-out questions, one image each, that the model never
+`data/images/` (`demo/dataset.py`); `eval.json` holds held-out questions, one image each, that the model never
 saw in training. A checkpoint trained on anything else, or a Hub id, has no examples.
 """
 

@@ -140,7 +140,7 @@ def test_open_image_explains_what_is_wrong(chat_files, tmp_path):  # noqa: F811
 
 
 def test_examples_are_the_demo_held_out_questions(tmp_path):
-    from tinyllava_hf.training.demo.dataset import write_demo_data
+    from tinyllava_hf.demo.dataset import write_demo_data
 
     data = write_demo_data(tmp_path / "data", num_pretrain=2, num_finetune=2, num_eval=8, image_size=32)
     checkpoint = tmp_path / "finetune"

@@ -40,7 +40,7 @@ def chromium():
 def demo_checkpoint(word_model_dir, tmp_path_factory):  # noqa: F811
     """The word model as if the offline demo had trained it: a run record naming the demo's data, whose held-out
     questions the page offers as examples."""
-    from tinyllava_hf.training.demo.dataset import write_demo_data
+    from tinyllava_hf.demo.dataset import write_demo_data
 
     root = tmp_path_factory.mktemp("demo")
     data = write_demo_data(root / "data", num_pretrain=1, num_finetune=1, num_eval=4, image_size=32)
