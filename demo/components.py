@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from tinyllava_hf.chat_templates import SYSTEM_PROMPT
+
 from .synthetic import vocabulary_corpus
 from .tokenizer import build_tokenizer
 from .vision_pretraining import pretrain_vision_tower
