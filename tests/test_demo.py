@@ -107,7 +107,9 @@ def test_vision_pretraining_teaches_the_tower_shape_and_position():
     accuracy = pretrain_vision_tower(tower, processor, image_size=32, steps=150, num_images=500)
     assert set(accuracy) == set(CATEGORIES)
     assert accuracy["shape"] > 0.6 and accuracy["position"] > 0.6, accuracy
-    assert all(not torch.equal(before[name], tensor) for name, tensor in tower.state_dict().items())
+    # Every weight up to the layer TinyLLaVA reads has moved (post_layernorm lies after it and is never used).
+    trained = {name: tensor for name, tensor in tower.state_dict().items() if "post_layernorm" not in name}
+    assert all(not torch.equal(before[name], tensor) for name, tensor in trained.items())
 
 
 def summary_file(tmp_path, real: dict[str, float], blank: dict[str, float]):
