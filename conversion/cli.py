@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="convert models LLaVA cannot represent exactly, and report the logit difference",
     )
+    sub = commands.add_parser("to-gguf", help="TinyLLaVA-HF -> llama.cpp / Ollama GGUF (language model + mmproj)")
+    sub.add_argument("src", help="source checkpoint directory")
+    sub.add_argument("dst", help="output directory (created; must be empty)")
+    sub.add_argument(
+        "--outtype", default="f16", choices=("f32", "f16", "q8_0"), help="language model weights (mmproj: f16)"
+    )
+    sub.add_argument("--name", help="file name stem (default: SRC's directory name)")
+    sub.add_argument("--source-repo", help="Hub repo id SRC was downloaded from, recorded in conversion.json")
+    sub.add_argument(
+        "--allow-lossy", action="store_true", help="export what llama.cpp computes differently, and report the effect"
+    )
     sub = commands.add_parser("from-llava", help="transformers LlavaForConditionalGeneration -> TinyLLaVA-HF")
     add_common(sub)
     return parser
@@ -77,6 +88,14 @@ def run(args: argparse.Namespace):
             verify=not args.no_verify,
             atol=args.atol,
             source_repo=args.source_repo,
+        )
+    if args.command == "to-gguf":
+        try:
+            from .gguf_export import to_gguf  # needs the optional `gguf` package
+        except ModuleNotFoundError as error:
+            raise ConversionError(f"to-gguf needs {error.name!r}: pip install 'tinyllava-hf[gguf]'") from None
+        return to_gguf(
+            args.src, args.dst, args.outtype, allow_lossy=args.allow_lossy, name=args.name, source_repo=args.source_repo
         )
     if args.command == "to-llava":
         return to_llava(
