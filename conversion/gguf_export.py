@@ -132,13 +132,14 @@ def measure_lossy_effect(model, processor, plan: MmprojPlan, max_new_tokens: int
     """Runs the probe through our model and through a torch replay of llama.cpp's image path.
 
     Returns:
-        `{"greedy_tokens_agree": k, "greedy_tokens": n, "answer": ..., "llamacpp_answer": ...}`: how many of the
-        first n greedy tokens agree, and both decoded answers.
+        `{"first_token_max_abs_logit_diff": d, "greedy_tokens_agree": k, "greedy_tokens": n, "answer": ...,
+        "llamacpp_answer": ...}`: the largest logit difference at the answer's first position, how many of the first
+        n greedy tokens agree, and both decoded answers.
     """
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROBE_QUESTION}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     image = probe_image(model.config.vision_config.image_size, model.config.vision_config.image_size)
-    answers = []
+    answers, first_logits = [], []
     replay = _llamacpp_image_features(model, plan)
     for variant in ("ours", "llama.cpp"):
         variant_processor = processor
@@ -151,14 +152,22 @@ def measure_lossy_effect(model, processor, plan: MmprojPlan, max_new_tokens: int
         if variant == "llama.cpp":
             model.model.get_image_features = replay
         try:
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            output = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+            )
         finally:
             model.model.get_image_features = original
-        answers.append(output[0, inputs["input_ids"].shape[1] :].tolist())
+        answers.append(output.sequences[0, inputs["input_ids"].shape[1] :].tolist())
+        first_logits.append(output.logits[0][0])
     ours, theirs = answers
     agree = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     decode = processor.tokenizer.decode
     return {
+        "first_token_max_abs_logit_diff": (first_logits[0] - first_logits[1]).abs().max().item(),
         "greedy_tokens_agree": agree,
         "greedy_tokens": len(ours),
         "answer": decode(ours, skip_special_tokens=True),
@@ -254,7 +263,8 @@ def to_gguf(
     if reasons:
         effect = measure_lossy_effect(model, processor, plan)
         notes.append(
-            f"measured on the probe: {effect['greedy_tokens_agree']}/{effect['greedy_tokens']} greedy tokens agree "
+            f"measured on the probe: max abs logit difference {effect['first_token_max_abs_logit_diff']:.3g} at the "
+            f"first answer position, {effect['greedy_tokens_agree']}/{effect['greedy_tokens']} greedy tokens agree "
             f"(ours {effect['answer']!r}, llama.cpp replay {effect['llamacpp_answer']!r})"
         )
     if plan.skipped:
