@@ -26,7 +26,7 @@ def _pre_tokenizer_name(spec: dict | None) -> str:
         ConversionError: for a split rule llama.cpp has no equivalent for.
     """
     if spec and spec.get("type") == "ByteLevel" and spec.get("use_regex", True) and not spec.get("add_prefix_space"):
-        return "gpt2"  # GPT-2's regex, built into ByteLevel
+        return "gpt-2"  # GPT-2's regex, built into ByteLevel
     if spec and spec.get("type") == "Sequence":
         steps = spec["pretokenizers"]
         split = [s for s in steps if s.get("type") == "Split"]
