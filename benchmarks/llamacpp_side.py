@@ -38,6 +38,7 @@ class LlamaCppSide:
         chunks = mtmd.mtmd_input_chunks_init()
         text = mtmd.mtmd_input_text()
         text.text, text.add_special, text.parse_special = mtmd.mtmd_default_marker(), False, True
+        text.text_len = len(text.text)
         mtmd.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1)
         for index in range(mtmd.mtmd_input_chunks_size(chunks)):
             chunk = mtmd.mtmd_input_chunks_get(chunks, index)

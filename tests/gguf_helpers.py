@@ -48,6 +48,7 @@ def image_embeddings(llm, mmproj_path, image) -> np.ndarray:
         chunks = mtmd_cpp.mtmd_input_chunks_init()
         text = mtmd_cpp.mtmd_input_text()
         text.text = mtmd_cpp.mtmd_default_marker()
+        text.text_len = len(text.text)
         text.add_special = False
         text.parse_special = True
         bitmaps = (mtmd_cpp.mtmd_bitmap_p_ctypes * 1)(bitmap)

@@ -14,7 +14,6 @@ from tinyllava_hf.conversion.errors import ConversionError
 from tinyllava_hf.conversion.gguf_export import _llamacpp_image_features, to_gguf
 from tinyllava_hf.conversion.gguf_mmproj import mmproj_tensors, plan_mmproj, write_mmproj
 
-TRAIN_STEPS = 120
 PROMPTS = ("What is shown in the image?", "Describe the picture.", "How many circles are there? Is it red?")
 
 
@@ -26,9 +25,13 @@ def export(components_dir, tmp_path, family="llama", vision="siglip", outtype="f
     return model, processor, to_gguf(src, dst, outtype, allow_lossy=True).output_dir, src.name
 
 
-def prompt_ids(processor, question: str) -> list[int]:
+def prompt_text(processor, question: str) -> str:
     messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def prompt_ids(processor, question: str) -> list[int]:
+    return processor(text=prompt_text(processor, question))["input_ids"][0]
 
 
 @torch.no_grad()
@@ -44,9 +47,7 @@ def test_f32_text_generation_equals_torch_greedy_tokens(components_dir, tmp_path
     eos = model.generation_config.eos_token_id
     for question in PROMPTS:
         ids = prompt_ids(processor, question)
-        text = processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "text", "text": question}]}], add_generation_prompt=True
-        )
+        text = prompt_text(processor, question)
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids  # the exported tokenizer splits alike
         assert greedy(llm, ids, 32, eos) == torch_greedy(model, ids), question
 
@@ -167,40 +168,17 @@ def test_model_card_python_snippet_runs(components_dir, tmp_path, monkeypatch):
     exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102  loads both files through libmtmd and answers
 
 
-@pytest.fixture(scope="module")
-def trained_demo_model(tmp_path_factory):
-    """A demo-task model trained just enough to answer from the image: (checkpoint, held-out questions, images)."""
-    from tinyllava_hf.training.demo.components import ModelSize, build_components
-    from tinyllava_hf.training.demo.dataset import write_demo_data
-    from tinyllava_hf.training.demo.run import DemoSettings, run_stages
-
-    root = tmp_path_factory.mktemp("gguf_demo")
-    settings = DemoSettings(
-        num_pretrain=64, num_finetune=256, num_eval=40, pretrain_steps=10, finetune_steps=TRAIN_STEPS,
-        batch_size=8, pretrain_lr=1e-3, finetune_lr=2e-3, min_margin=None,
-        model=ModelSize(vision_layers=1, text_hidden=64, text_layers=1),
-    )  # fmt: skip
-    data = write_demo_data(root / "data", 64, 256, 40, settings.model.image_size)
-    llm_dir, vision_dir = build_components(root / "components", settings.model)
-    checkpoint = run_stages(settings, data, llm_dir, vision_dir, root)["finetune"]
-    return checkpoint, json.loads(data.eval_json.read_text()), data.image_folder
-
-
-def test_trained_model_answers_the_same_through_llamacpp(trained_demo_model, tmp_path):
-    """Held-out demo questions, each with its 32x32 image: llama-cpp-python's chat API (our template from the GGUF,
-    libmtmd for the image, f16 mmproj, f32 LM) answers as our model does on >= 95% of them."""
-    from PIL import Image
-
-    from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+def test_chat_answers_with_images_equal_ours(components_dir, tmp_path):
+    """20 different images: llama-cpp-python's chat API (our template from the GGUF, libmtmd preprocessing, f16
+    mmproj, f32 LM) gives our model's greedy answers. The random tiny model's answers change with the image, so
+    agreement is not trivial; bytes that are not valid UTF-8 are dropped by llama-cpp-python and replaced by ours."""
     from tinyllava_hf.training.demo.evaluate import answer_questions
 
-    checkpoint, questions, image_folder = trained_demo_model
-    dst = to_gguf(checkpoint, tmp_path / "gguf", "f32", name="demo").output_dir
-    model = TinyLlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
-    processor = TinyLlavaProcessor.from_pretrained(checkpoint)
-    images = [Image.open(image_folder / item["image"]).convert("RGB") for item in questions]
-    ours = answer_questions(model, processor, questions, images)
-    llm = chat_model(dst / "demo-f32.gguf", dst / "mmproj-demo-f16.gguf")
-    theirs = [chat_answer(llm, image, item["question"]) for item, image in zip(questions, images)]
-    same = sum(a == b for a, b in zip(ours, theirs))
-    assert same / len(questions) >= 0.95, list(zip(ours, theirs))
+    model, processor, dst, name = export(components_dir, tmp_path, vision_feature_select_strategy="full")
+    images = [make_image(32, 32, seed=seed) for seed in range(20)]
+    questions = [{"question": PROMPTS[0]}] * len(images)
+    ours = [answer.replace("\ufffd", "") for answer in answer_questions(model, processor, questions, images)]
+    llm = chat_model(dst / f"{name}-f32.gguf", dst / f"mmproj-{name}-f16.gguf")
+    theirs = [chat_answer(llm, image, PROMPTS[0]) for image in images]
+    assert len(set(ours)) >= 3, ours
+    assert sum(a == b for a, b in zip(ours, theirs)) / len(images) >= 0.95, list(zip(ours, theirs))
