@@ -68,15 +68,15 @@ class TorchSide:
 
     def prefill(self, ids: list[int]):
         output = self.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
-        return output.logits[0, -1], output.past_key_values
+        return output.logits[0, -1], output.cache
 
     def decode(self, ids: list[int], steps: int) -> list[int]:
         logits, cache = self.prefill(ids)
         tokens = []
         for _ in range(steps):
             tokens.append(int(logits.argmax()))
-            output = self.model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True)
-            logits, cache = output.logits[0, -1], output.past_key_values
+            output = self.model(input_ids=torch.tensor([[tokens[-1]]]), cache=cache, use_cache=True)
+            logits, cache = output.logits[0, -1], output.cache
         return tokens
 
 
@@ -122,8 +122,12 @@ def run(repeats: int, rounds: int) -> dict:
                         "load": machine_load(),
                     }
                 )
-    info = {"prompt_tokens": len(ids), "new_tokens": NEW_TOKENS, "threads": NUM_THREADS, "files_mb": {}}
-    return {"info": info, "greedy_token_agreement_with_torch": agreement, "timings": timings}
+        image_path = Path(workdir) / "image.png"
+        image.save(image_path)
+        peak_rss = {name: memory(name, checkpoint, files, mmproj, ids, image_path) for name in implementations}
+        files_mb = {t: files[t].stat().st_size / 2**20 for t in OUTTYPES} | {"mmproj": mmproj.stat().st_size / 2**20}
+    info = {"prompt_tokens": len(ids), "new_tokens": NEW_TOKENS, "threads": NUM_THREADS, "files_mb": files_mb}
+    return {"info": info, "greedy_token_agreement_with_torch": agreement, "timings": timings, "peak_rss": peak_rss}
 
 
 def memory(name: str, checkpoint: Path, files: dict[str, Path], mmproj: Path, ids: list[int], image_path: Path) -> dict:
@@ -148,6 +152,7 @@ def memory(name: str, checkpoint: Path, files: dict[str, Path], mmproj: Path, id
 
 
 def summarize(result: dict) -> list[dict]:
+    """Rows of milliseconds and torch/llama.cpp time ratios, plus decode tokens/s (prefill+decode minus prefill)."""
     rows = []
     for timing in result["timings"]:
         row = {"round": timing["round"], "kind": timing["kind"]}
@@ -155,20 +160,31 @@ def summarize(result: dict) -> list[dict]:
             row[f"{name} ms"] = seconds * 1000
         row.update(timing["ratios"])
         rows.append(row)
+    for round_index in sorted({t["round"] for t in result["timings"]}):
+        by_kind = {t["kind"]: t["seconds"] for t in result["timings"] if t["round"] == round_index}
+        speed = {
+            name: NEW_TOKENS / (by_kind["prefill+decode"][name] - by_kind["prefill"][name])
+            for name in by_kind["prefill"]
+        }
+        row = {"round": round_index, "kind": "decode tok/s"}
+        row.update({f"{name} ms": value for name, value in speed.items()})  # tokens/s in the ms columns' places
+        row.update({f"torch/{name}": speed[name] / speed["torch"] for name in speed if name != "torch"})
+        rows.append(row)
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.llamacpp", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 repetitions, 1 round")
+    parser.add_argument("--quick", action="store_true", help="2 repetitions, 1 round")
     args = parser.parse_args(argv)
-    result = run(repeats=3 if args.quick else 7, rounds=1 if args.quick else 2)
-    names = ["torch", *(f"llama.cpp {t}" for t in OUTTYPES)]
-    result["peak_rss"] = {name: memory(name) for name in names}
+    result = run(repeats=2 if args.quick else 7, rounds=1 if args.quick else 2)
     rows = summarize(result)
+    result["summary"] = rows
     print(format_table(rows, list(rows[0])))
+    print("(decode rows: tokens/s in the implementation columns; the ratio columns are llama.cpp's speed-up)")
     print("greedy token agreement with torch:", result["greedy_token_agreement_with_torch"])
-    print("peak RSS (MB, includes building and exporting the model in torch):", json.dumps(result["peak_rss"]))
+    print("peak RSS (MB, fresh process per implementation):", json.dumps(result["peak_rss"]))
+    print("file sizes (MB):", json.dumps(result["info"]["files_mb"]))
     print("wrote", write_results("llamacpp", result))
     return 0
 
