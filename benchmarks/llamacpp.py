@@ -138,7 +138,7 @@ def memory(name: str, checkpoint: Path, files: dict[str, Path], mmproj: Path, id
     if name == "torch":
         code = (
             "import json, sys, torch; from PIL import Image; from benchmarks.llamacpp import TorchSide; "
-            "from benchmarks.measure import peak_rss_mb; torch.set_num_threads(2); base = peak_rss_mb(); "
+            "from benchmarks.llamacpp_side import peak_rss_mb; torch.set_num_threads(2); base = peak_rss_mb(); "
             f"side = TorchSide({str(checkpoint)!r}); "
             f"torch.inference_mode().__enter__(); side.encode(Image.open({str(image_path)!r})); side.decode({ids!r}, 8); "
             "print(json.dumps({'after_imports_mb': base, 'peak_mb': peak_rss_mb()}))"

@@ -5,7 +5,6 @@ python -m benchmarks.llamacpp_side LM.gguf MMPROJ.gguf IMAGE.png '[ids]'   # pri
 
 import ctypes
 import json
-import resource
 import sys
 
 import numpy as np
@@ -47,10 +46,16 @@ class LlamaCppSide:
         mtmd.mtmd_input_chunks_free(chunks)
         mtmd.mtmd_bitmap_free(bitmap)
 
+    def last_logits(self) -> np.ndarray:
+        """The last position's logits (`Llama.scores` holds them only with `logits_all`, which would make prefill
+        compute the LM head at every position)."""
+        pointer = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).copy()
+
     def prefill(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
         self.llm.eval(ids)
-        return self.llm.scores[self.llm.n_tokens - 1]
+        return self.last_logits()
 
     def decode(self, ids: list[int], steps: int) -> list[int]:
         logits = self.prefill(ids)
@@ -58,20 +63,22 @@ class LlamaCppSide:
         for _ in range(steps):
             tokens.append(int(np.argmax(logits)))
             self.llm.eval([tokens[-1]])
-            logits = self.llm.scores[self.llm.n_tokens - 1]
+            logits = self.last_logits()
         return tokens
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark (VmHWM). Not `ru_maxrss`, which Linux carries over from the parent."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 if __name__ == "__main__":
     from PIL import Image
 
     lm, mmproj, image_path, ids = sys.argv[1:]
-    base = _peak_rss_mb()
+    base = peak_rss_mb()
     side = LlamaCppSide(lm, mmproj)
     side.encode(Image.open(image_path))
     side.decode(json.loads(ids), 8)
-    print(json.dumps({"after_imports_mb": base, "peak_mb": _peak_rss_mb()}))
+    print(json.dumps({"after_imports_mb": base, "peak_mb": peak_rss_mb()}))
