@@ -19,17 +19,19 @@ from pathlib import Path
 import gguf
 import numpy as np
 import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 from modeling_tinyllava.processing_tinyllava import IMAGE_TOKEN
 from tinyllava_hf import model_cards
 
+from ..chat_templates import CHAT_TEMPLATES, SYSTEM_PROMPT
 from .errors import ConversionError
 from .gguf_lm import gguf_architecture, lm_tensors, to_numpy, write_lm_hparams
 from .gguf_mmproj import MmprojPlan, mmproj_tensors, plan_mmproj, write_mmproj
 from .gguf_tokenizer import write_tokenizer
 from .original import ConversionResult
-from .output import check_source_repo, prepare_output_dir
+from .output import atomic_output, check_source_repo
 from .parity import PROBE_QUESTION, probe_image
 
 logger = logging.getLogger(__name__)
@@ -116,13 +118,14 @@ def _llamacpp_image_features(model, plan: MmprojPlan):
         [config.vision_feature_layer] if isinstance(config.vision_feature_layer, int) else config.vision_feature_layer
     )
 
-    def features(pixel_values: torch.Tensor) -> torch.Tensor:
+    def features(pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         tower = model.model.vision_tower
         hidden = tower(pixel_values.to(tower.dtype), output_hidden_states=True).hidden_states
         selected = torch.cat([hidden[layer] for layer in layers], dim=-1)
         if config.vision_config.model_type == "clip_vision_model":
             selected = torch.cat([selected[:, 2:], selected[:, :1]], dim=1)  # [patch 1..n-1, CLS]
-        return model.model.connector(selected) * config.image_features_scale
+        image_features = model.model.connector(selected) * config.image_features_scale
+        return BaseModelOutputWithPooling(pooler_output=list(image_features))  # as `get_image_features` returns
 
     return features
 
@@ -146,7 +149,7 @@ def measure_lossy_effect(model, processor, plan: MmprojPlan, max_new_tokens: int
         if variant == "llama.cpp":
             pixel_values = processor(text=prompt, images=image, return_tensors="pt")["pixel_values"]
             variant_processor = copy.copy(processor)
-            variant_processor.num_image_tokens = replay(pixel_values).shape[1]
+            variant_processor.num_image_tokens = replay(pixel_values).pooler_output[0].shape[0]
         inputs = variant_processor(text=prompt, images=image, return_tensors="pt")
         original = model.model.get_image_features
         if variant == "llama.cpp":
@@ -190,8 +193,6 @@ def modelfile(lm_file: str, mmproj_file: str, chat_template_name: str | None, eo
     """An Ollama Modelfile for the two files (Ollama's Go template mirrors our conversation template)."""
     lines = [f"FROM ./{lm_file}", f"FROM ./{mmproj_file}"]
     if chat_template_name not in (None, "pretrain"):
-        from modeling_tinyllava.processing_tinyllava import SYSTEM_PROMPT
-
         lines.append(
             'TEMPLATE """{{ if .System }}{{ .System }}{{ else }}'
             + SYSTEM_PROMPT
@@ -205,11 +206,10 @@ def modelfile(lm_file: str, mmproj_file: str, chat_template_name: str | None, eo
 
 
 def _template_name(processor) -> str | None:
-    from modeling_tinyllava.processing_tinyllava import CHAT_TEMPLATES
-
     return next((name for name, text in CHAT_TEMPLATES.items() if text == processor.chat_template), None)
 
 
+@atomic_output
 def to_gguf(
     src: str | Path,
     dst: str | Path,
@@ -222,7 +222,7 @@ def to_gguf(
 
     Args:
         src: the checkpoint directory.
-        dst: the output directory (created; must be empty).
+        dst: the output directory (must not exist or be empty; written all-or-nothing by `atomic_output`).
         outtype: `f32`, `f16` or `q8_0` for the language model's matrices (the mmproj is always f16).
         allow_lossy: export what llama.cpp computes differently, and report the measured effect.
         name: file name stem; default: SRC's directory name.
@@ -247,18 +247,12 @@ def to_gguf(
             + "\n".join(f"  - {r}" for r in reasons)
             + "\nPass --allow-lossy to export anyway; the effect is then measured and reported."
         )
-    prepare_output_dir(src, dst)
     name = name or src.resolve().name
     lm_file, mmproj_file = f"{name}-{outtype}.gguf", f"mmproj-{name}-f16.gguf"
     eos_token = processor.tokenizer.convert_ids_to_tokens(gguf_eos(model, processor))
-    try:
-        write_language_model(dst / lm_file, model, processor, lm, outtype, name)
-        write_mmproj(dst / mmproj_file, model, processor.image_processor, plan, vision, name)
-        (dst / "Modelfile").write_text(modelfile(lm_file, mmproj_file, _template_name(processor), eos_token))
-    except BaseException:
-        for path in (dst / lm_file, dst / mmproj_file, dst / "Modelfile"):
-            path.unlink(missing_ok=True)  # no half-written export
-        raise
+    write_language_model(dst / lm_file, model, processor, lm, outtype, name)
+    write_mmproj(dst / mmproj_file, model, processor.image_processor, plan, vision, name)
+    (dst / "Modelfile").write_text(modelfile(lm_file, mmproj_file, _template_name(processor), eos_token))
     notes = list(reasons)
     if reasons:
         effect = measure_lossy_effect(model, processor, plan)

@@ -89,7 +89,9 @@ def test_mmproj_image_embeddings_equal_our_image_features(components_dir, tmp_pa
     image = make_image(32, 32, seed=3)
     pixel_values = processor.image_processor(image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        ours = model.model.get_image_features(pixel_values)[0].numpy() / np.sqrt(model.config.text_config.hidden_size)
+        ours = model.model.get_image_features(pixel_values).pooler_output[0].numpy() / np.sqrt(
+            model.config.text_config.hidden_size
+        )
     for path, atol in ((tmp_path / "mmproj-f32.gguf", 2e-3), (dst / f"mmproj-{name}-f16.gguf", 2e-2)):
         theirs = image_embeddings(llm, path, image)
         assert theirs.shape == ours.shape
@@ -115,7 +117,7 @@ def test_clip_tower_is_refused_and_its_llamacpp_replay_is_what_libmtmd_computes(
     image = make_image(32, 32, seed=4)
     pixel_values = processor.image_processor(image, return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        replay = _llamacpp_image_features(model, plan)(pixel_values)[0].numpy()
+        replay = _llamacpp_image_features(model, plan)(pixel_values).pooler_output[0].numpy()
     theirs = image_embeddings(load(tmp_path / "lossy" / "clip-f32.gguf"), tmp_path / "mmproj-f32.gguf", image)
     np.testing.assert_allclose(theirs, replay, atol=2e-3 * np.abs(replay).max(), rtol=0)
 
