@@ -6,6 +6,7 @@ import sys
 
 from .errors import ConversionError
 from .llava import from_llava, to_llava
+from .onnx_convert import QUANTIZATIONS, to_onnx
 from .original import DEFAULT_ATOL, DEFAULT_MAX_SHARD_SIZE, convert_original
 from .tensor_io import DTYPES
 
@@ -71,7 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = commands.add_parser("from-llava", help="transformers LlavaForConditionalGeneration -> TinyLLaVA-HF")
     add_common(sub)
+    add_onnx_parser(commands)
     return parser
+
+
+def add_onnx_parser(commands) -> None:
+    sub = commands.add_parser(
+        "to-onnx", help="TinyLLaVA-HF -> ONNX graphs (vision encoder, embeddings, decoder with cache) for ONNX Runtime"
+    )
+    sub.add_argument("src", help="source checkpoint directory (TinyLLaVA-HF)")
+    sub.add_argument("dst", help="output directory (created; must be empty)")
+    sub.add_argument("--quantize", choices=QUANTIZATIONS, help="also write dynamically quantized *_int8.onnx files")
+    sub.add_argument(
+        "--atol", type=float, default=DEFAULT_ATOL, help="largest accepted ONNX Runtime vs torch difference"
+    )
+    sub.add_argument("--source-repo", help="Hub repo id SRC was downloaded from, recorded in conversion.json")
 
 
 def run(args: argparse.Namespace):
@@ -97,6 +112,8 @@ def run(args: argparse.Namespace):
         return to_gguf(
             args.src, args.dst, args.outtype, allow_lossy=args.allow_lossy, name=args.name, source_repo=args.source_repo
         )
+    if args.command == "to-onnx":
+        return to_onnx(args.src, args.dst, quantize=args.quantize, atol=args.atol, source_repo=args.source_repo)
     if args.command == "to-llava":
         return to_llava(
             args.src, args.dst, allow_lossy=args.allow_lossy, dtype=args.dtype, source_repo=args.source_repo

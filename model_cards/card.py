@@ -1,6 +1,7 @@
 """Renders a checkpoint directory's README.md from what the directory really holds."""
 
 import html
+import importlib.resources
 import logging
 import math
 from pathlib import Path
@@ -90,9 +91,18 @@ def conversion_origin(conversion_format: str, native_llava: bool) -> str:
             if native_llava
             else ("a transformers LLaVA checkpoint")
         )
-    return {"factory": "an original TinyLLaVA Factory checkpoint", "legacy": "a legacy TinyLLaVABench checkpoint"}.get(
-        conversion_format, f"a {conversion_format!r} checkpoint"
-    )
+    return {
+        "factory": "an original TinyLLaVA Factory checkpoint",
+        "legacy": "a legacy TinyLLaVABench checkpoint",
+        "onnx": "a TinyLLaVA-HF checkpoint exported to ONNX",
+    }.get(conversion_format, f"a {conversion_format!r} checkpoint")
+
+
+def onnx_example(checkpoint_dir: Path) -> str | None:
+    """The tested ONNX Runtime script (`conversion/onnx_runtime_example.py`) for a directory with `onnx/` graphs."""
+    if not (checkpoint_dir / "onnx").is_dir():
+        return None
+    return (importlib.resources.files("tinyllava_hf.conversion") / "onnx_runtime_example.py").read_text().strip()
 
 
 def cell(value) -> str:
@@ -167,6 +177,7 @@ def render_model_card(
         language=language or previous.get("language"),
     )
     native_llava = arch.model_type == LLAVA_MODEL_TYPE
+    onnx_dir, example = checkpoint_dir / "onnx", onnx_example(checkpoint_dir)
     content = (
         environment()
         .get_template(CARD_TEMPLATE)
@@ -180,6 +191,10 @@ def render_model_card(
             arch=arch,
             params=arch.parameters,
             native_llava=native_llava,
+            # An ONNX export holds no transformers weights: its card shows the ONNX Runtime usage only.
+            transformers_usage=example is None or bool(arch.parameters.get("total")),
+            onnx_example=example,
+            onnx_int8=any(onnx_dir.glob("*_int8.onnx")),
             remote_code_kwarg="" if native_llava else ", trust_remote_code=True",
             llava_blockers=arch.llava_blockers,
             stages=stages,
