@@ -102,6 +102,7 @@ class Decoder(nn.Module):
 
 def _export(module: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic_shapes, path: Path) -> None:
     input_names, output_names = names
+    module.eval()  # a fresh wrapper starts in training mode, whatever the model inside it
     # onnx_ir logs every deduplicated constant at INFO, and torch warns for each axis name it merges with another.
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     with torch.no_grad(), warnings.catch_warnings():
