@@ -103,8 +103,11 @@ class Decoder(nn.Module):
 def _export(module: nn.Module, args: tuple, names: tuple[list[str], list[str]], dynamic_shapes, path: Path) -> None:
     input_names, output_names = names
     module.eval()  # a fresh wrapper starts in training mode, whatever the model inside it
-    # onnx_ir logs every deduplicated constant at INFO, and torch warns for each axis name it merges with another.
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+    # onnx_ir and onnxscript log every constant and rewrite at INFO; torch.onnx warns that torchvision's ops (which
+    # no TinyLLaVA uses) cannot be registered without torchvision, and for each axis name it merges with another.
+    for name in ("onnx_ir", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
         program = torch.onnx.export(
