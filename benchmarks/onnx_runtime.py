@@ -83,7 +83,7 @@ class TorchRunner:
             logits = self.model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True).logits
             token = logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(int(token))
-        cache.crop(prompt_length)  # back to the prefill state, so that every timed repetition decodes the same
+        cache.crop(-steps)  # back to the prefill state, so that every timed repetition decodes the same
         return tokens
 
 
