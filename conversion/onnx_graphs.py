@@ -1,7 +1,7 @@
 """The three graphs of an ONNX export, in the split layout of SmolVLM's ONNX files for transformers.js.
 
-Each graph is a thin module with flat tensor inputs and outputs around the model's own code (`get_image_features`, the
-input embeddings, and the full forward with a `DynamicCache`), exported with `torch.onnx.export(dynamo=True)`:
+Each graph is a thin module with flat tensor inputs and outputs around the model's own modules (vision tower and
+connector, the input embeddings, and the full forward with a `DynamicCache`), exported with `torch.onnx.export(dynamo=True)`:
 `torch.export` traces the real control flow with symbolic shapes, so one decoder graph serves the prefill (empty
 cache) and every decoding step. The TorchScript exporter also works but is deprecated since torch 2.9 and bakes in
 Python branches taken for the example inputs.
@@ -49,15 +49,34 @@ def present_names(num_layers: int) -> list[str]:
 
 
 class VisionEncoder(nn.Module):
-    """Vision tower + connector with the model's feature-layer and token-selection rules."""
+    """Vision tower + connector with the model's feature-layer, token-selection and scaling rules.
+
+    These are the rules of `TinyLlavaModel.get_image_features`, restated on tensors: that method returns its features
+    as a list of per-image tensors (transformers' LLaVA convention), and splitting a tensor into a list fixes the
+    number of images in a traced graph. The conversion's parity check compares this module's output with
+    `get_image_features` itself, so the two cannot drift apart unnoticed.
+    """
 
     def __init__(self, model: TinyLlavaForConditionalGeneration):
         super().__init__()
-        self.model = model
+        backbone = model.model
+        self.vision_tower, self.connector = backbone.vision_tower, backbone.connector
+        config = model.config
+        layers = config.vision_feature_layer
+        self.layers = [layers] if isinstance(layers, int) else list(layers)
+        self.drop_first_token = config.vision_feature_select_strategy == "default"
+        self.scale = config.image_features_scale
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`(images, 3, H, W)` -> `(images, tokens, hidden)`."""
-        return self.model.get_image_features(pixel_values)
+        hidden_states = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+        selected = [hidden_states[layer] for layer in self.layers]
+        if self.drop_first_token:
+            selected = [features[:, 1:] for features in selected]
+        features = self.connector(torch.cat(selected, dim=-1))
+        if self.scale != 1.0:
+            features = features * torch.tensor(self.scale, dtype=features.dtype)
+        return features
 
 
 class EmbedTokens(nn.Module):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
+from modeling_tinyllava.modeling_tinyllava import stack_image_features
 
 from .onnx_graphs import DECODER, EMBED_TOKENS, VISION_ENCODER, cache_shape, past_names
 from .onnx_runtime_example import load_sessions
@@ -49,7 +50,7 @@ def onnx_parity(
     inputs = probe_inputs(processor)
     input_ids = inputs["input_ids"].numpy()
     features = sessions[VISION_ENCODER].run(None, {"pixel_values": inputs["pixel_values"].numpy()})[0]
-    reference_features = model.get_image_features(inputs["pixel_values"]).numpy()
+    reference_features = stack_image_features(model.get_image_features(inputs["pixel_values"])).numpy()
 
     embeds = sessions[EMBED_TOKENS].run(None, {"input_ids": input_ids})[0]
     embeds[input_ids == model.config.image_token_id] = features.reshape(-1, embeds.shape[-1])

@@ -1,7 +1,7 @@
 """Renders a checkpoint directory's README.md from what the directory really holds."""
 
 import html
-import importlib.resources
+import importlib.util
 import logging
 import math
 from pathlib import Path
@@ -102,7 +102,10 @@ def onnx_example(checkpoint_dir: Path) -> str | None:
     """The tested ONNX Runtime script (`conversion/onnx_runtime_example.py`) for a directory with `onnx/` graphs."""
     if not (checkpoint_dir / "onnx").is_dir():
         return None
-    return (importlib.resources.files("tinyllava_hf.conversion") / "onnx_runtime_example.py").read_text().strip()
+    # Located without importing the conversion package, which needs modeling_tinyllava (the Hub load check renders
+    # cards with it hidden).
+    package_dir = importlib.util.find_spec("tinyllava_hf.conversion").submodule_search_locations[0]
+    return (Path(package_dir) / "onnx_runtime_example.py").read_text().strip()
 
 
 def cell(value) -> str:

@@ -16,6 +16,7 @@ import torch
 from conftest import assemble, chat, make_image
 from onnx_helpers import held_out_answers, train_tiny_vlm
 
+from modeling_tinyllava.modeling_tinyllava import stack_image_features
 from tinyllava_hf.conversion import ConversionError
 from tinyllava_hf.conversion import onnx_runtime_example as example
 from tinyllava_hf.conversion.cli import main as convert_main
@@ -94,7 +95,7 @@ def test_image_features_and_padded_prefill_logits_match_torch(exported):
         "pixel_values"
     ]
     features = sessions["vision_encoder"].run(None, {"pixel_values": np.asarray(pixel_values, np.float32)})[0]
-    reference = model.get_image_features(torch.as_tensor(np.asarray(pixel_values)))
+    reference = stack_image_features(model.get_image_features(torch.as_tensor(np.asarray(pixel_values))))
     assert np.abs(features - reference.numpy()).max() <= 1e-4
 
     # Two prompts of different lengths, left-padded as for batched generation.
