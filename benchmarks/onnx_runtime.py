@@ -37,7 +37,6 @@ from .measure import (
     interleaved_times,
     machine_load,
     paired_ratio,
-    peak_rss_mb,
     set_threads,
     write_results,
 )
@@ -174,7 +173,14 @@ def rss_worker(name: str, model_dir: Path, threads: int) -> None:
     runner = make_runner(name, model_dir, threads)
     inputs = make_inputs(build_processor(build_tokenizer()))
     runner.decode(runner.prefill(inputs), DECODE_STEPS)
-    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"peak_rss_mb": exec_peak_rss_mb()}))
+
+
+def exec_peak_rss_mb() -> float:
+    """Peak RSS since this program started (`VmHWM`), in MB. `getrusage`'s peak would also count the parent's
+    memory, which a forked child inherits and Linux keeps across `exec`."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def measure_rss(name: str, model_dir: Path, threads: int) -> float:
