@@ -1,15 +1,13 @@
 """`tinyllava-convert to-onnx`: a TinyLLaVA-HF checkpoint as ONNX graphs for ONNX Runtime (and transformers.js' layout).
 
-The graphs are exported in fp32 into a staging directory beside DST, run by ONNX Runtime on the conversion probe and
-compared with the torch model; DST is written only when image features, prefill logits and a cached decoding step
-all agree within `atol`. `--quantize int8` adds ONNX Runtime's dynamically quantized `*_int8.onnx` files; their
+The graphs are exported in fp32, run by ONNX Runtime on the conversion probe and compared with the torch model; like
+every conversion, this one writes into a staging directory beside DST that becomes DST only when every check passed
+(`output.atomic_output`): image features, prefill logits and a cached decoding step must agree within `atol`. `--quantize int8` adds ONNX Runtime's dynamically quantized `*_int8.onnx` files; their
 difference from the fp32 model is measured and recorded in `conversion.json` (quantization is lossy by design).
 """
 
 import importlib.util
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,7 +18,7 @@ from modeling_tinyllava.processing_tinyllava import processed_image_size
 from .errors import ConversionError
 from .onnx_graphs import ONNX_DIR, export_graphs, quantize_int8
 from .original import DEFAULT_ATOL, ConversionResult
-from .output import check_source_repo, finish_output, prepare_output_dir
+from .output import atomic_output, check_source_repo, finish_output
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +54,7 @@ def _check_requirements() -> None:
         )
 
 
+@atomic_output
 def to_onnx(
     src: str | Path,
     dst: str | Path,
@@ -81,8 +80,6 @@ def to_onnx(
     _check_requirements()
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConversionError(f"--quantize {quantize!r}: expected one of {', '.join(QUANTIZATIONS)}.")
-    if dst.exists() and (dst.resolve() == src.resolve() or any(dst.iterdir())):
-        raise ConversionError(f"The output directory {dst} is the source or not empty; choose a new directory.")
     # ONNX Runtime's CPU kernels are fp32: the export is fp32 whatever the checkpoint's dtype.
     model = TinyLlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32).eval()
     processor = TinyLlavaProcessor.from_pretrained(src)
@@ -92,25 +89,20 @@ def to_onnx(
 
     from .onnx_parity import onnx_parity  # imports onnxruntime, an optional dependency
 
-    dst.absolute().parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.onnx-", dir=dst.absolute().parent) as staging:
-        staging = Path(staging)
-        paths = export_graphs(model, staging / ONNX_DIR, processed_image_size(processor.image_processor))
-        diffs = onnx_parity(model, processor, staging)
-        logger.info("ONNX Runtime vs torch (fp32): %s", diffs)
-        failed = {name: diff for name, diff in diffs.items() if not diff <= atol}
-        if failed:
-            raise ConversionError(
-                f"The ONNX export of {src} differs from the torch model by more than --atol {atol:g}: "
-                + ", ".join(f"{name} {diff:.3g}" for name, diff in failed.items())
-            )
-        notes = [f"ONNX Runtime fp32 against torch fp32, max abs difference: {_format(diffs)}"]
-        if quantize:
-            quantize_int8(paths)
-            int8_diffs = onnx_parity(model, processor, staging, int8=True)
-            notes.append(f"int8 (dynamic quantization) against torch fp32, max abs difference: {_format(int8_diffs)}")
-        prepare_output_dir(src, dst)
-        shutil.move(staging / ONNX_DIR, dst / ONNX_DIR)
+    paths = export_graphs(model, dst / ONNX_DIR, processed_image_size(processor.image_processor))
+    diffs = onnx_parity(model, processor, dst)
+    logger.info("ONNX Runtime vs torch (fp32): %s", diffs)
+    failed = {name: diff for name, diff in diffs.items() if not diff <= atol}
+    if failed:
+        raise ConversionError(
+            f"The ONNX export of {src} differs from the torch model by more than --atol {atol:g}: "
+            + ", ".join(f"{name} {diff:.3g}" for name, diff in failed.items())
+        )
+    notes = [f"ONNX Runtime fp32 against torch fp32, max abs difference: {_format(diffs)}"]
+    if quantize:
+        quantize_int8(paths)
+        int8_diffs = onnx_parity(model, processor, dst, int8=True)
+        notes.append(f"int8 (dynamic quantization) against torch fp32, max abs difference: {_format(int8_diffs)}")
 
     model.config.dtype = torch.float32  # what the ONNX graphs hold
     model.config.save_pretrained(dst)
