@@ -10,6 +10,7 @@ from PIL import Image
 from modeling_tinyllava.processing_tinyllava import load_image
 
 from .data import IGNORE_INDEX, normalize_messages
+from .packing import pack_rows
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +36,22 @@ class TinyLlavaCollator:
         processor: a `TinyLlavaProcessor`.
         chat_template: Jinja template used for rendering; None uses the processor's own.
         max_length: maximum tokens per sample after image expansion; None for no limit.
+        packing: lay the batch out in packed rows of `max_length` tokens (`training.packing.pack_rows`) instead
+            of one padded row per sample.
 
     Returns (from `__call__`):
         `input_ids`, `attention_mask`, `labels`: `(batch, max_len)` long tensors, right-padded; `pixel_values`:
-        `(num_images, 3, H, W)`, the batch's images in order (absent when the batch has none).
+        `(num_images, 3, H, W)`, the batch's images in order (absent when the batch has none). With `packing`,
+        `position_ids` that restart at each sample instead of `attention_mask` (see `pack_rows`).
     """
 
-    def __init__(self, processor, chat_template=None, max_length=None):
+    def __init__(self, processor, chat_template=None, max_length=None, packing=False):
+        if packing and max_length is None:
+            raise ValueError("Packing needs max_length: the length of a packed row.")
         self.processor = processor
         self.chat_template = chat_template
         self.max_length = max_length
+        self.packing = packing
         self.image_token_id = processor.image_token_id
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.counts = Counter()
@@ -128,7 +135,10 @@ class TinyLlavaCollator:
         return input_ids[:cut], labels[:cut]
 
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
-        return self.pad([self.encode(sample) for sample in samples])
+        encoded = [self.encode(sample) for sample in samples]
+        if self.packing:
+            return pack_rows(encoded, self.max_length, self.pad_token_id)
+        return self.pad(encoded)
 
     def pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:
         """Right-pads to the longest sample; the attention mask comes from the lengths, never from the pad id."""

@@ -46,11 +46,14 @@ class TrainingData:
         dataset: the usable samples (`id`, `messages`, `images` with resolved paths).
         skipped: bad samples dropped with `--on_bad_sample skip`, counted by kind (e.g. `missing_image`).
         over_length: samples longer than `max_length`, which the collator cuts to `max_length` tokens.
+        num_tokens: tokens of each usable sample before truncation, row for row with `dataset` (empty when the
+            tokens were not checked); `training.packing` packs by them.
     """
 
     dataset: datasets.Dataset
     skipped: Counter = field(default_factory=Counter)
     over_length: int = 0
+    num_tokens: list[int] = field(default_factory=list)
 
     def record(self) -> dict[str, int]:
         """Counts for the run record: skipped samples by kind and, as `truncated`, the over-long ones."""
@@ -391,17 +394,15 @@ def load_training_dataset(data_args: DataArguments, collator=None, num_proc: int
     dataset = kept[0] if len(kept) == 1 else datasets.concatenate_datasets(kept)
     dataset = resolve_images(dataset, data_args.image_folder)
     max_length = getattr(collator, "max_length", None)
-    over_length = 0
-    if max_length is not None:
-        over_length = sum(
-            kind is None and num_tokens > max_length
-            for check in checks
-            for kind, num_tokens in zip(check["kind"], check["num_tokens"])
-        )
+    # Same order as `dataset`: each source's good samples, sources concatenated.
+    num_tokens = [
+        count for check in checks for kind, count in zip(check["kind"], check["num_tokens"]) if kind is None
+    ] if collator is not None else []  # fmt: skip
+    over_length = sum(count > max_length for count in num_tokens) if max_length is not None else 0
     if over_length:
         logger.warning(
             "%d of %d samples are longer than max_length %d; the collator cuts them to max_length tokens (after "
             "their last image).", over_length, len(dataset), max_length,
         )  # fmt: skip
     logger.info("Training data: %d samples from %s", len(dataset), ", ".join(data_args.data_path))
-    return TrainingData(dataset, skipped, over_length)
+    return TrainingData(dataset, skipped, over_length, num_tokens)

@@ -26,6 +26,7 @@ from .distributed import (
 from .malloc_tuning import tune_malloc
 from .merge import merge_adapter
 from .outputs import plot_loss_curve, write_model_card, write_run_record
+from .packing import PackedBatchSampler
 from .trainer import TinyLlavaSFTTrainer
 from .tuning import apply_lora, set_trainable
 
@@ -127,20 +128,56 @@ def load_model(model_args: ModelArguments, args: SFTConfig) -> TinyLlavaForCondi
     ).train()
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's or a job scheduler's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cap_dataloader_workers(args: SFTConfig) -> None:
+    """At most as many dataloader workers per process as it has CPUs (shared among the node's processes), kept
+    alive across epochs.
+
+    The recipes ask for 8 workers, sized for a GPU node; on a small machine more workers than CPUs only contend with
+    the training process, and re-starting them at every epoch costs each one a fresh dataset and tokenizer copy.
+    """
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cpus = available_cpus()
+    limit = cpus // local_processes
+    if args.dataloader_num_workers > limit:
+        logger.info(
+            "Using %d dataloader workers instead of %d: %d CPUs for %d training process(es) on this machine.",
+            limit, args.dataloader_num_workers, cpus, local_processes,
+        )  # fmt: skip
+        args.dataloader_num_workers = limit
+    if args.dataloader_num_workers > 0:
+        args.dataloader_persistent_workers = True
+
+
 def prepare_args(args: SFTConfig) -> SFTConfig:
-    """Settings the custom collator needs, whatever the recipe says."""
+    """Settings the custom collator needs, whatever the recipe says.
+
+    `--packing` is read by `train` before this and turned off here: TRL refuses to pack vision data, so our sampler
+    and collator pack instead (`training.packing`).
+    """
     args.remove_unused_columns = False  # the collator reads `messages` / `images`
     args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    if args.packing and args.max_length is None:
+        raise ValueError("--packing true needs --max_length: the tokens of a packed row.")
+    args.packing = False
     if not torch.cuda.is_available():
         args.dataloader_pin_memory = False  # pinned host memory only speeds up copies to a GPU
     if args.resume_from_checkpoint in ("true", "True", "last"):
         args.resume_from_checkpoint = True  # Trainer: the last checkpoint-N in output_dir
+    cap_dataloader_workers(args)
     return args
 
 
-def stage_record(model_args, data_args, args, trainer, recipe: str | None, skipped_or_truncated: dict) -> dict:
+def stage_record(
+    model_args, data_args, args, trainer, recipe: str | None, skipped_or_truncated: dict, packing: bool = False
+) -> dict:
     """This stage's entry of `tinyllava_run.json`; `skipped_or_truncated` counts samples by kind (`TrainingData`)."""
     hyperparameters = {name: getattr(args, name) for name in _HYPERPARAMETERS}
+    hyperparameters["packing"] = packing  # with packing, per_device_train_batch_size counts rows
     hyperparameters["global_batch_size"] = (
         args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     )
@@ -199,6 +236,7 @@ def train(
     tune_malloc()
     if model_args.tune_llm == "qlora":
         require_qlora_support()
+    packing = args.packing
     args = prepare_args(args)
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -207,8 +245,17 @@ def train(
         processor,
         chat_template=resolve_chat_template(model_args.chat_template, processor.tokenizer),
         max_length=args.max_length,
+        packing=packing,
     )
     data = load_training_dataset(data_args, collator, args.dataset_num_proc)  # before the model is loaded
+    batch_sampler = None
+    if packing:
+        batch_sampler = PackedBatchSampler(
+            [min(count, args.max_length) for count in data.num_tokens],
+            args.max_length,
+            rows_per_batch=args.per_device_train_batch_size,
+            seed=args.seed,
+        )
     model = load_model(model_args, args)
 
     base_checkpoint = model_args.model_name_or_path
@@ -237,6 +284,7 @@ def train(
         data_collator=collator,
         processing_class=processor,
         callbacks=callbacks,
+        train_batch_sampler=batch_sampler,
         module_learning_rates={
             "llm": model_args.llm_lr,
             "vision_tower": model_args.vision_tower_lr,
@@ -258,7 +306,7 @@ def train(
             merge_adapter(save_dir, output_dir, base_checkpoint)
         write_run_record(
             output_dir,
-            stage_record(model_args, data_args, args, trainer, recipe, data.record()),
+            stage_record(model_args, data_args, args, trainer, recipe, data.record(), packing),
             model_args.model_name_or_path,
         )
         plot_loss_curve(trainer.state.log_history, output_dir)
