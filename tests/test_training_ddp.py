@@ -68,16 +68,22 @@ def test_accelerate_configs_load_and_leave_precision_to_the_recipe(name):
         assert config.fsdp_config["fsdp_offload_params"] == offload
 
 
-def test_ddp_two_cpu_processes_match_one_process_with_the_same_global_batch(components_dir, two_samples, tmp_path):
+# With packing, rows of 128 tokens hold one of the two samples (98 and 103 tokens) each: one batch of two rows (the
+# shorter one padded) on one process, one row per process under DDP.
+@pytest.mark.parametrize("packing", [[], ["--packing", "true", "--max_length", "128"]], ids=["padded", "packed"])
+def test_ddp_two_cpu_processes_match_one_process_with_the_same_global_batch(
+    components_dir, two_samples, tmp_path, packing
+):
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
-    train_main(new_model_argv(components_dir, two_samples, single_dir, batch_size=2))
-    argv = new_model_argv(components_dir, two_samples, ddp_dir, batch_size=1)
+    train_main([*new_model_argv(components_dir, two_samples, single_dir, batch_size=2), *packing])
+    argv = [*new_model_argv(components_dir, two_samples, ddp_dir, batch_size=1), *packing]
     result = launch(CONFIGS / "ddp.yaml", ["-m", "tinyllava_hf.training", *argv])
     assert result.returncode == 0, result.stderr[-4000:]
     ddp_stage = json.loads((ddp_dir / "tinyllava_run.json").read_text())["stages"][-1]
     assert ddp_stage["hyperparameters"]["per_device_train_batch_size"] == 1
     assert ddp_stage["hyperparameters"]["global_batch_size"] == 2  # so two processes ran
     assert ddp_stage["distributed"] == "DDP x 2 processes"
+    assert ddp_stage["hyperparameters"]["packing"] == bool(packing)
 
     single_losses, ddp_losses = logged(single_dir, "loss"), logged(ddp_dir, "loss")
     assert len(single_losses) == len(ddp_losses) == 3
