@@ -3,6 +3,7 @@ attention across samples, a packed `tinyllava-train` run, and the dataloader wor
 
 import json
 import logging
+import math
 import os
 import random
 
@@ -153,7 +154,9 @@ def test_attention_never_crosses_samples_in_a_packed_row(components_dir, attenti
     torch.testing.assert_close(changed_logits[third], logits[third], rtol=0, atol=1e-6)
 
 
-def test_packed_training_run(components_dir, tmp_path, caplog):
+@pytest.mark.parametrize("recipe", ["finetune", "finetune_lora"])
+def test_packed_training_run(components_dir, tmp_path, caplog, recipe):
+    """Packed rows through the whole CLI, with activation checkpointing (full fine-tune) and with LoRA."""
     records = [
         llava_record("a", "0.png", Q1, A1, Q2, A2),
         llava_record("b", None, "Count to three.", "One two three."),
@@ -162,7 +165,7 @@ def test_packed_training_run(components_dir, tmp_path, caplog):
     ]
     data = write_llava_dataset(tmp_path, records=records)
     argv = train_argv(
-        "finetune",
+        recipe,
         tmp_path / "out",
         data,
         "--llm", str(components_dir / "llama"),
@@ -170,6 +173,7 @@ def test_packed_training_run(components_dir, tmp_path, caplog):
         "--packing", "true",
         "--max_length", "128",
         "--per_device_train_batch_size", "2",
+        "--activation_checkpointing", str(recipe == "finetune").lower(),
         max_steps=2,
     )  # fmt: skip
     with caplog.at_level(logging.INFO, logger="tinyllava_hf.training.packing"):
@@ -179,6 +183,7 @@ def test_packed_training_run(components_dir, tmp_path, caplog):
     stage = record["stages"][-1] if "stages" in record else record
     assert stage["hyperparameters"]["packing"] is True
     assert stage["steps"] == 2
+    assert math.isfinite(stage["final_loss"])
 
 
 def test_packing_needs_max_length(tmp_path):
