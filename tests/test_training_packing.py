@@ -99,15 +99,20 @@ def supervised_sum_and_grads(model, batch):
     return -output.log_probs.sum().detach(), output.loss.detach(), num_items, grads
 
 
-@pytest.mark.parametrize("family, attention", [("llama", "sdpa"), ("qwen2", "eager"), ("phi", "sdpa")])
-def test_packed_step_equals_padded_step(components_dir, family, attention):
+@pytest.mark.parametrize(
+    "family, attention, flatten", [("llama", "sdpa", False), ("qwen2", "eager", False), ("phi", "sdpa", True)]
+)
+def test_packed_step_equals_padded_step(components_dir, family, attention, flatten):
     model, processor = assemble(components_dir, family, "siglip")
     model.set_attn_implementation(attention)
     model.train()
     install_supervised_lm_head(model)
     samples = mixed_samples()
     padded = TinyLlavaCollator(processor, max_length=MAX_LENGTH)(samples)
-    packed = TinyLlavaCollator(processor, max_length=MAX_LENGTH, packing=True)(samples)
+    packing = TinyLlavaCollator(processor, max_length=MAX_LENGTH, packing=True)
+    packing.flatten_packed_rows = flatten  # one row, as for flash attention
+    packed = packing(samples)
+    assert (len(packed["input_ids"]) == 1) == flatten
 
     padded_sum, padded_loss, padded_items, padded_grads = supervised_sum_and_grads(model, padded)
     packed_sum, packed_loss, packed_items, packed_grads = supervised_sum_and_grads(model, packed)

@@ -52,6 +52,7 @@ class TinyLlavaCollator:
         self.chat_template = chat_template
         self.max_length = max_length
         self.packing = packing
+        self.flatten_packed_rows = False  # set by `training.train` for flash attention (see `pack_rows`)
         self.image_token_id = processor.image_token_id
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.counts = Counter()
@@ -137,7 +138,7 @@ class TinyLlavaCollator:
     def __call__(self, samples: list[dict]) -> dict[str, torch.Tensor]:
         encoded = [self.encode(sample) for sample in samples]
         if self.packing:
-            return pack_rows(encoded, self.max_length, self.pad_token_id)
+            return pack_rows(encoded, self.max_length, self.pad_token_id, flatten=self.flatten_packed_rows)
         return self.pad(encoded)
 
     def pad(self, encoded: list[dict]) -> dict[str, torch.Tensor]:

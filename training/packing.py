@@ -136,7 +136,9 @@ def next_fit(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
-def pack_rows(encoded: list[dict], max_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+def pack_rows(
+    encoded: list[dict], max_length: int, pad_token_id: int, flatten: bool = False
+) -> dict[str, torch.Tensor]:
     """Lays encoded samples out in packed rows, in order.
 
     Args:
@@ -144,6 +146,9 @@ def pack_rows(encoded: list[dict], max_length: int, pad_token_id: int) -> dict[s
             None, as `TinyLlavaCollator.encode` returns them.
         max_length: tokens per row.
         pad_token_id: fills the end of the rows shorter than the longest one.
+        flatten: put the rows one after the other in a single row. Flash attention needs it: transformers runs its
+            varlen kernel from restarting `position_ids` only for a batch of one row, and with several rows it would
+            let the samples of a row attend to each other.
 
     Returns:
         `input_ids`, `labels`, `position_ids`: `(rows, longest_row)` long tensors, and `pixel_values`
@@ -152,6 +157,8 @@ def pack_rows(encoded: list[dict], max_length: int, pad_token_id: int) -> dict[s
         positions restart at 0 too) with -100 labels, so no sample attends to it.
     """
     rows = next_fit([len(sample["input_ids"]) for sample in encoded], max_length)
+    if flatten:
+        rows = [[index for row in rows for index in row]]
     width = max(sum(len(encoded[i]["input_ids"]) for i in row) for row in rows)
     batch = {
         "input_ids": torch.full((len(rows), width), pad_token_id, dtype=torch.long),

@@ -257,6 +257,7 @@ def train(
             seed=args.seed,
         )
     model = load_model(model_args, args)
+    collator.flatten_packed_rows = packing and "flash" in (model.config.get_text_config()._attn_implementation or "")
 
     base_checkpoint = model_args.model_name_or_path
     if model_args.uses_lora:
