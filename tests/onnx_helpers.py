@@ -13,8 +13,8 @@ from transformers import AutoTokenizer
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 from tinyllava_hf.conversion import onnx_runtime_example as example
-from tinyllava_hf.training.demo.components import ModelSize, build_components
-from tinyllava_hf.training.demo.dataset import write_demo_data
+from tinyllava_hf.demo.components import ModelSize, build_components
+from tinyllava_hf.demo.dataset import write_demo_data
 
 NUM_HELD_OUT = 40
 NUM_TRAIN = 64

@@ -171,7 +171,8 @@ def test_model_card_and_readme_carry_the_tested_example(exported):
     card = (dst / "README.md").read_text()
     assert code in card
     assert "AutoModelForImageTextToText" not in card  # no transformers weights in an ONNX export
-    assert code in (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "python conversion/onnx_runtime_example.py onnx-out" in readme and EXAMPLE.is_file()
 
 
 def test_unsupported_model_is_refused_by_name_and_nothing_is_written(components_dir, tmp_path):
