@@ -315,9 +315,11 @@ def test_images_are_opened_at_collate_time_by_the_processors_loader(tokenizers, 
         collator([sample(Q1, A1, images=[str(tmp_path / "grey.png")])])
 
 
-def test_template_without_supervised_tokens_is_a_bad_sample_not_a_silent_all_ignored_one(tokenizers):
+def test_template_without_generation_markers_that_cannot_be_split_is_refused_not_silently_unsupervised(tokenizers):
+    """Without {% generation %}, answers are found by prefix renders (tests/test_answer_masks.py); a template with
+    no assistant header cannot be split into turns, and is refused by name."""
     tokenizer = tokenizers["plain"]
-    no_generation_markers = "{% for m in messages %}{{ m['content'][-1]['text'] }}{% endfor %}"
+    no_generation_markers = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     collator = TinyLlavaCollator(make_processor(tokenizer, "phi"), chat_template=no_generation_markers)
-    (kind, description), _ = token_problem(collator, sample("Hi?", "Hello."))
-    assert kind == "no_supervised_tokens" and "no supervised token" in description
+    with pytest.raises(ValueError, match=r"Chat template .{% for m in messages %}.* cannot be split into turns"):
+        token_problem(collator, sample("Hi?", "Hello."))

@@ -44,6 +44,35 @@ CHAT_TEMPLATES: dict[str, str] = {
 }
 
 
+# Text LLMs' templates expect string contents (`'<|im_start|>' + message['content']` fails on a list, `{{ content }}`
+# prints a list's repr). Put before such a template, this turns every list content into that string, with each image
+# part as "<image>\n" in front of the turn's text, exactly where the built-in templates put images (the original
+# TinyLLaVA moves a turn's images to its front and strips its text). The processor then expands each "<image>".
+# `training.answer_mask.flatten_content` is the same rule in Python; a test checks that both agree.
+IMAGE_PARTS_PREAMBLE = (
+    "{#- TinyLLaVA: list contents become the strings this template expects; image parts become '<image>\\n' in "
+    "front of the text. -#}\n"
+    "{%- set tinyllava = namespace(messages=[]) -%}\n"
+    "{%- for message in messages -%}\n"
+    "{%- if message['content'] is string -%}\n"
+    "{%- set tinyllava.messages = tinyllava.messages + [message] -%}\n"
+    "{%- else -%}\n"
+    "{%- set num_images = message['content'] | selectattr('type', 'equalto', 'image') | list | length -%}\n"
+    "{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') "
+    "| join('\\n') -%}\n"
+    "{%- if num_images > 0 -%}{%- set text = '<image>\\n' * num_images + text | trim -%}{%- endif -%}\n"
+    "{%- set tinyllava.messages = tinyllava.messages + [dict(message, content=text)] -%}\n"
+    "{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- set messages = tinyllava.messages -%}\n"
+)
+
+
+def with_image_parts(template: str) -> str:
+    """An LLM's own template, made to accept TinyLLaVA's list contents (`IMAGE_PARTS_PREAMBLE`); idempotent."""
+    return template if template.startswith(IMAGE_PARTS_PREAMBLE) else IMAGE_PARTS_PREAMBLE + template
+
+
 def _choices() -> str:
     return f"one of {', '.join(BUILTIN_TEMPLATE_NAMES)}, {LLM_TEMPLATE!r} (the LLM tokenizer's own), a .jinja file"
 
@@ -95,7 +124,7 @@ def resolve_chat_template(
                 f"chat template {LLM_TEMPLATE!r} uses the LLM tokenizer's own template, but {source} has none; "
                 f"choose {_choices()} or a Jinja string."
             )
-        return own
+        return with_image_parts(own)
     if "{" in chat_template:
         return chat_template
     if os.path.isfile(chat_template):
@@ -145,9 +174,11 @@ __all__ = [
     "BUILTIN_TEMPLATE_NAMES",
     "CHAT_TEMPLATES",
     "DEFAULT_TEMPLATE_FOR_MODEL_TYPE",
+    "IMAGE_PARTS_PREAMBLE",
     "LLM_TEMPLATE",
     "SYSTEM_PROMPT",
     "chat_template_name",
     "default_chat_template_name",
     "resolve_chat_template",
+    "with_image_parts",
 ]

@@ -9,6 +9,7 @@ from PIL import Image
 
 from modeling_tinyllava.processing_tinyllava import load_image
 
+from .answer_mask import answer_spans, flatten_content, has_generation_markers, special_token_strings, token_mask
 from .data import IGNORE_INDEX, normalize_messages
 from .packing import pack_rows
 
@@ -25,7 +26,8 @@ class TinyLlavaCollator:
     its placeholder run (`return_assistant_tokens_mask=True` marks the `{% generation %}` spans). Labels keep only
     those spans: each answer and the end-of-turn token the template puts after it, as the original TinyLLaVA masks
     them (reference §3.3); the system prompt, user turns, image placeholders and padding are -100. With the
-    `pretrain` template the caption (and its newline) is the supervised span.
+    `pretrain` template the caption (and its newline) is the supervised span. A template without `{% generation %}`
+    (an LLM's own) gets the same mask from `training.answer_mask`: each answer and the special token closing its turn.
 
     The collator judges no sample: `training.data` has checked each one at load time (with `layout`) and applied
     `--on_bad_sample`. A sample longer than `max_length` is cut at `max_length`, which that check guarantees is
@@ -57,6 +59,10 @@ class TinyLlavaCollator:
         self.pad_token_id = processor.tokenizer.pad_token_id
         self.counts = Counter()
         self._stand_in_image = Image.new("RGB", (16, 16))
+        template = chat_template if chat_template is not None else processor.chat_template
+        self._template = template
+        self._marked = template is None or has_generation_markers(template)  # None: the processor's own error
+        self._specials = special_token_strings(processor.tokenizer)
 
     def tokenize(self, sample: dict, images: list[Image.Image], processor_kwargs: dict | None = None) -> dict:
         """Renders, tokenizes, expands and masks one sample with the given RGB images, without truncation.
@@ -69,6 +75,8 @@ class TinyLlavaCollator:
         Returns:
             `input_ids`, `labels`: `(seq_len,)` long tensors; `pixel_values`: `(num_images, 3, H, W)` or None.
         """
+        if not self._marked:
+            return self._tokenize_by_turns(sample, images, processor_kwargs)
         images = iter(images)
         messages = [
             {
@@ -94,6 +102,53 @@ class TinyLlavaCollator:
         pixel_values = encoded.get("pixel_values")
         if pixel_values is not None:
             pixel_values = torch.from_numpy(np.stack(pixel_values))
+        return {
+            "input_ids": input_ids,
+            "labels": input_ids.masked_fill(~supervised, IGNORE_INDEX),
+            "pixel_values": pixel_values,
+        }
+
+    def _tokenize_by_turns(self, sample: dict, images: list[Image.Image], processor_kwargs: dict | None) -> dict:
+        """`tokenize` for a template without `{% generation %}`: answer spans from prefix renders (`answer_mask`).
+
+        Contents are given to the template as strings with "<image>\\n" per image (`answer_mask.flatten_content`,
+        the rule `--chat_template llm` adds to the LLM's own template), so that text templates render images too.
+        """
+        messages = [
+            {"role": message["role"], "content": flatten_content(message["content"], self.processor.image_token)}
+            for message in normalize_messages(sample["messages"])
+        ]
+
+        def render(conversation, add_generation_prompt):
+            return self.processor.apply_chat_template(
+                conversation, chat_template=self._template, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+
+        text, spans = answer_spans(render, messages, self._template, self._specials)
+        rendered_images = text.count(self.processor.image_token)
+        if rendered_images != len(images):
+            raise ValueError(
+                f"Training sample {sample.get('id')!r}: the chat template renders {rendered_images} "
+                f"{self.processor.image_token} tokens for {len(images)} images."
+            )
+        bos = self.processor.tokenizer.bos_token
+        encoded = self.processor(
+            text=text,
+            images=images or None,
+            **{
+                **(processor_kwargs or {}),  # merged, not spread: apply_chat_template adds offset flags to that dict
+                "add_special_tokens": not (bos is not None and text.startswith(bos)),  # as apply_chat_template does
+                "return_offsets_mapping": True,
+                "return_text_replacement_offsets": True,
+            },
+        )
+        input_ids = torch.as_tensor(encoded["input_ids"][0])
+        replacements = encoded.get("text_replacement_offsets")
+        mask = token_mask(encoded["offset_mapping"][0], spans, replacements[0] if replacements else None)
+        supervised = torch.tensor(mask, dtype=torch.bool) & (input_ids != self.image_token_id)
+        pixel_values = encoded.get("pixel_values")
+        if pixel_values is not None:
+            pixel_values = torch.as_tensor(np.stack(pixel_values) if isinstance(pixel_values, list) else pixel_values)
         return {
             "input_ids": input_ids,
             "labels": input_ids.masked_fill(~supervised, IGNORE_INDEX),

@@ -235,7 +235,7 @@ def token_problem(collator, sample: dict) -> tuple[tuple[str, str] | None, int]:
     input_ids, labels = collator.layout(sample)
     supervised = labels != IGNORE_INDEX
     if not supervised.any():
-        problem = "no supervised token (empty answers, or a chat template without {% generation %})"
+        problem = "no supervised token (empty answers, or {% generation %} blocks that mark nothing)"
         return ("no_supervised_tokens", problem), len(input_ids)
     cut = collator.max_length
     if cut is None or len(input_ids) <= cut:
