@@ -18,7 +18,7 @@ from modeling_tinyllava import TinyLlavaConfig, TinyLlavaProcessor
 from modeling_tinyllava.processing_tinyllava import processed_image_size
 
 from ..assembly import add_image_token
-from ..chat_templates import resolve_chat_template
+from ..chat_templates import ORIGINAL_TEMPLATE, resolve_chat_template
 from .errors import ConversionError
 
 logger = logging.getLogger(__name__)
@@ -80,13 +80,14 @@ def build_processor(
 
     Args:
         chat_template: a built-in template name, `"llm"` (the tokenizer's own), a `.jinja` file or a Jinja string;
-            None picks the original's template for the LLM family (see `tinyllava_hf.chat_templates`).
+            None picks the original's template for the LLM family (`"original"`, see `tinyllava_hf.chat_templates`),
+            the one the checkpoint was trained with, even when its tokenizer has a chat template of its own.
 
     Raises:
         ConversionError: for a chat template that does not resolve.
     """
     try:
-        template = resolve_chat_template(chat_template, tokenizer, config.text_config.model_type)
+        template = resolve_chat_template(chat_template or ORIGINAL_TEMPLATE, tokenizer, config.text_config.model_type)
     except (OSError, ValueError) as error:
         raise ConversionError(f"--chat-template: {error}") from error
     # The original tokenizes the text around each <image> separately (reference §2.1); for SentencePiece tokenizers

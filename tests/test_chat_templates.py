@@ -4,6 +4,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 from transformers import AutoConfig, AutoTokenizer, SiglipImageProcessorPil
 from transformers.utils.chat_template_utils import render_jinja_template
 from trl import SFTConfig
@@ -16,10 +17,12 @@ from tinyllava_hf.chat_templates import (
     SYSTEM_PROMPT,
     chat_template_name,
     resolve_chat_template,
+    with_image_parts,
 )
 from tinyllava_hf.conversion.errors import ConversionError
 from tinyllava_hf.conversion.processor import build_processor
 from tinyllava_hf.training.arguments import ModelArguments
+from tinyllava_hf.training.cli import RECIPES_DIR
 from tinyllava_hf.training.train import load_processor
 
 LLM_OWN_TEMPLATE = "{% for message in messages %}<<{{ message['role'] }}>>{% endfor %}"
@@ -45,7 +48,17 @@ def test_builtin_templates_ship_as_jinja_files_and_render_the_original_format():
     assert rendered == f"{SYSTEM_PROMPT} USER: <image>\nHi ASSISTANT: Hello.</s>"
 
 
-def test_none_is_the_family_default_or_stays_none(components_dir):
+def test_new_models_default_to_the_llms_own_template_and_original_keeps_the_papers(llm_with_template):
+    """The default rule of README "Which chat template": the LLM's own when it has one (issue 16's measurement),
+    and "original" (the paper's recipes, converted checkpoints) is the family template even then."""
+    tokenizer = AutoTokenizer.from_pretrained(llm_with_template)
+    assert resolve_chat_template(None, tokenizer, "llama") == with_image_parts(LLM_OWN_TEMPLATE)
+    assert resolve_chat_template("original", tokenizer, "llama") == CHAT_TEMPLATES["llama"]
+    with pytest.raises(ValueError, match="'original' depends on the LLM family"):
+        resolve_chat_template("original", tokenizer)
+
+
+def test_none_without_an_llm_template_is_the_family_default_or_stays_none(components_dir):
     tokenizer = AutoTokenizer.from_pretrained(components_dir / "qwen2")
     assert resolve_chat_template(None, tokenizer) is None  # the caller keeps its processor's template
     assert resolve_chat_template(None, tokenizer, "qwen2") == CHAT_TEMPLATES["qwen2_base"]
@@ -58,7 +71,7 @@ def test_none_is_the_family_default_or_stays_none(components_dir):
 
 def test_llm_is_the_tokenizers_own_template(llm_with_template, components_dir):
     tokenizer = AutoTokenizer.from_pretrained(llm_with_template)
-    assert resolve_chat_template("llm", tokenizer) == LLM_OWN_TEMPLATE
+    assert resolve_chat_template("llm", tokenizer) == with_image_parts(LLM_OWN_TEMPLATE)
     without = AutoTokenizer.from_pretrained(components_dir / "llama")
     with pytest.raises(ValueError, match="'llm' uses the LLM tokenizer's own template, but .* has none"):
         resolve_chat_template("llm", without)
@@ -101,7 +114,9 @@ def test_processor_from_components_resolves_every_kind(components_dir, llm_with_
 
     assert processor(components_dir / "gemma", None).chat_template == CHAT_TEMPLATES["gemma"]
     assert processor(components_dir / "gemma", "pretrain").chat_template == CHAT_TEMPLATES["pretrain"]
-    assert processor(llm_with_template, "llm").chat_template == LLM_OWN_TEMPLATE
+    assert processor(llm_with_template, "llm").chat_template == with_image_parts(LLM_OWN_TEMPLATE)
+    assert processor(llm_with_template, None).chat_template == with_image_parts(LLM_OWN_TEMPLATE)
+    assert processor(llm_with_template, "original").chat_template == CHAT_TEMPLATES["llama"]
     path = tmp_path / "mine.jinja"
     path.write_text(LLM_OWN_TEMPLATE)
     assert processor(components_dir / "gemma", str(path)).chat_template == LLM_OWN_TEMPLATE
@@ -120,9 +135,9 @@ def test_conversion_resolves_the_same_names(llm_with_template, components_dir):
     def build(chat_template):
         return build_processor(tokenizer, image_processor, config, "square", chat_template).chat_template
 
-    assert build(None) == CHAT_TEMPLATES["llama"]
+    assert build(None) == CHAT_TEMPLATES["llama"]  # the original's, although this tokenizer has its own template
     assert build("qwen2_instruct") == CHAT_TEMPLATES["qwen2_instruct"]
-    assert build("llm") == LLM_OWN_TEMPLATE
+    assert build("llm") == with_image_parts(LLM_OWN_TEMPLATE)
     with pytest.raises(ConversionError, match="--chat-template: Unknown chat template 'vicuna'"):
         build("vicuna")
 
@@ -133,7 +148,7 @@ def test_training_accepts_llm(llm_with_template, components_dir, tmp_path):
         llm=str(llm_with_template), vision_tower=str(components_dir / "siglip"), chat_template="llm"
     )
     processor = load_processor(model_args, args)
-    assert processor.chat_template == LLM_OWN_TEMPLATE
+    assert processor.chat_template == with_image_parts(LLM_OWN_TEMPLATE)
     model_args.chat_template = "vicuna"
     with pytest.raises(ValueError, match="Unknown chat template 'vicuna'"):
         load_processor(model_args, args)
@@ -142,3 +157,17 @@ def test_training_accepts_llm(llm_with_template, components_dir, tmp_path):
     checkpoint_args = ModelArguments(model_name_or_path=str(tmp_path / "checkpoint"), chat_template="llm")
     with pytest.raises(ValueError, match="does not keep apart: omit --chat_template"):
         load_processor(checkpoint_args, args)
+
+
+def test_pretrain_recipe_keeps_the_original_template_for_a_new_model(llm_with_template, components_dir, tmp_path):
+    """Stage 1 renders captions; the model keeps --conversation_template, which the paper's recipe sets to
+    'original' (even for an LLM with its own template); 'llm' keeps the LLM's own."""
+    recipe = yaml.safe_load((RECIPES_DIR / "pretrain.yaml").read_text())
+    assert recipe["chat_template"] == "pretrain" and recipe["conversation_template"] == "original"
+    args = SFTConfig(output_dir=str(tmp_path), max_length=128, report_to=[], bf16=False, use_cpu=True)
+    new_model = {"llm": str(llm_with_template), "vision_tower": str(components_dir / "siglip")}
+    for kept, expected in (("original", CHAT_TEMPLATES["llama"]), ("llm", with_image_parts(LLM_OWN_TEMPLATE))):
+        model_args = ModelArguments(**new_model, chat_template="pretrain", conversation_template=kept)
+        assert load_processor(model_args, args).chat_template == expected
+    with pytest.raises(ValueError, match="--conversation_template names the template a NEW model keeps"):
+        load_processor(ModelArguments(**new_model, chat_template="llama", conversation_template="llm"), args)

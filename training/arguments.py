@@ -38,9 +38,18 @@ class ModelArguments:
         default=None,
         metadata={
             "help": "Template that renders the training data: 'pretrain' (captions), phi | llama | gemma | "
-            "qwen2_base | qwen2_instruct, 'llm' (the LLM tokenizer's own template), a .jinja file or a Jinja string. "
-            "Default: the processor's own template. Every template except 'pretrain' is also saved with the "
-            "processor."
+            "qwen2_base | qwen2_instruct, 'llm' (the LLM tokenizer's own template), 'original' (the original "
+            "TinyLLaVA's for the LLM family), a .jinja file or a Jinja string. Default: the processor's own template "
+            "(a new model's: 'llm' when the LLM has a chat template, else 'original'). Every template except "
+            "'pretrain' is also saved with the processor."
+        },
+    )
+    conversation_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --chat_template pretrain on a NEW model: the conversation template its processor keeps "
+            "(same choices as --chat_template). The pretrain recipe sets 'original', as the paper; pass 'llm' to "
+            "keep the LLM's own. Default: 'llm' when the LLM has a chat template, else 'original'."
         },
     )
     image_aspect_ratio: str = field(default="square", metadata={"help": "NEW model: 'square' or 'pad'."})

@@ -12,7 +12,7 @@ from trl import SFTConfig
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
 
-from ..chat_templates import LLM_TEMPLATE, resolve_chat_template
+from ..chat_templates import CHAT_TEMPLATES, LLM_TEMPLATE, resolve_chat_template
 from .arguments import DataArguments, ModelArguments
 from .collator import TinyLlavaCollator
 from .data import load_training_dataset
@@ -80,10 +80,27 @@ def load_processor(model_args: ModelArguments, args: SFTConfig) -> TinyLlavaProc
     """The processor of the model to train; loaded before the model, so that the data is checked first.
 
     It keeps the conversation template the model will answer with: `--chat_template` when it is not `pretrain`,
-    else its own (a new model gets the original's template for its LLM family). Template names are resolved by
+    else `--conversation_template` for a new model, else its own (a new model gets the LLM's own template when the
+    LLM has one, else the original's for its family). Template names are resolved by
     `tinyllava_hf.chat_templates.resolve_chat_template` (`llm` = the LLM tokenizer's own template).
+
+    Raises:
+        ValueError: for `--conversation_template` with a `--chat_template` other than `pretrain`.
     """
-    saved_template = model_args.chat_template if model_args.chat_template != "pretrain" else None
+    pretraining = model_args.chat_template == "pretrain"
+    if model_args.conversation_template is not None and not pretraining:
+        raise ValueError(
+            "--conversation_template names the template a NEW model keeps while --chat_template pretrain renders "
+            f"its captions; with --chat_template {model_args.chat_template}, that template is the one kept: "
+            "remove --conversation_template."
+        )
+    saved_template = model_args.conversation_template if pretraining else model_args.chat_template
+    if pretraining and model_args.model_name_or_path is not None and saved_template is not None:
+        logger.warning(
+            "--conversation_template %s is for a new model; %s keeps its own chat_template.jinja.",
+            saved_template, model_args.model_name_or_path,
+        )  # fmt: skip
+        saved_template = None
     if model_args.model_name_or_path is not None:
         if model_args.chat_template == LLM_TEMPLATE:
             # A saved processor's tokenizer carries the processor's template, so the LLM's own is no longer known.
@@ -185,6 +202,7 @@ def stage_record(
         {key: value for key, value in asdict(model_args).items() if key.startswith("tune_") or key.endswith("_lr")}
     )
     hyperparameters["chat_template"] = model_args.chat_template
+    hyperparameters["conversation_template"] = model_args.conversation_template
     if model_args.uses_lora:
         hyperparameters.update({k: getattr(model_args, k) for k in ("lora_r", "lora_alpha", "lora_dropout")})
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -243,7 +261,8 @@ def train(
     processor = load_processor(model_args, args)
     collator = TinyLlavaCollator(
         processor,
-        chat_template=resolve_chat_template(model_args.chat_template, processor.tokenizer),
+        # Every template but `pretrain` (captions, this run only) is the processor's own by now.
+        chat_template=CHAT_TEMPLATES["pretrain"] if model_args.chat_template == "pretrain" else None,
         max_length=args.max_length,
         packing=packing,
     )
