@@ -220,7 +220,7 @@ def test_template_whose_last_turn_has_no_end_of_turn_token_is_refused():
 def test_template_error_is_reported_with_the_template_named():
     gemma = (TEMPLATES / "gemma2_it.jinja").read_text()
     message = refusal(gemma, sample("Hi?", "Hello.", system="Be brief."))
-    assert "System role not supported" in message and "{{ bos_token }}" in message
+    assert "Training sample 's0'" in message and "System role not supported" in message and "{{ bos_token }}" in message
 
 
 def test_template_that_drops_images_is_refused():

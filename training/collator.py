@@ -124,7 +124,10 @@ class TinyLlavaCollator:
                 conversation, chat_template=self._template, add_generation_prompt=add_generation_prompt, tokenize=False
             )
 
-        text, spans = answer_spans(render, messages, self._template, self._specials)
+        try:
+            text, spans = answer_spans(render, messages, self._template, self._specials)
+        except ValueError as error:
+            raise ValueError(f"Training sample {sample.get('id')!r}: {error}") from error
         rendered_images = text.count(self.processor.image_token)
         if rendered_images != len(images):
             raise ValueError(
