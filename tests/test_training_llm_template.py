@@ -1,5 +1,6 @@
 """`--chat_template llm` end to end: a new model built from an LLM whose tokenizer has its own (ChatML) template
-trains with it, saves it with the processor, and inference on the checkpoint renders with that same template."""
+trains with it, saves it with the processor, and inference on the checkpoint (processor, pipeline, chat app) renders
+with that same template."""
 
 import json
 import math
@@ -10,6 +11,7 @@ from conftest import chat, make_image
 from training_helpers import train_argv, write_llava_dataset
 from transformers import AutoProcessor, AutoTokenizer, pipeline
 
+from tinyllava_hf.chat.session import ChatModel
 from tinyllava_hf.chat_templates import with_image_parts
 from tinyllava_hf.training.cli import run
 
@@ -49,3 +51,11 @@ def test_llm_template_trains_is_saved_and_is_used_for_inference(components_dir, 
     pipe = pipeline("image-text-to-text", model=str(output_dir), trust_remote_code=True)
     out = pipe(text=chat("What is in the image?", image=make_image()), max_new_tokens=2, return_full_text=False)
     assert isinstance(out[0]["generated_text"], str)
+    # The chat app (tinyllava-chat) loads the checkpoint and renders a two-turn conversation with the same template.
+    history = chat("What is in the image?", image=make_image(), answer="A red square.")
+    history.append({"role": "user", "content": [{"type": "text", "text": "And its colour?"}]})
+    inputs, _ = ChatModel.load(str(output_dir), device="cpu").prepare_inputs(history, max_new_tokens=2)
+    assert processor.decode(inputs["input_ids"][0]).endswith(
+        "<|im_start|>assistant\nA red square.<|im_end|>\n<|im_start|>user\nAnd its colour?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
