@@ -13,10 +13,10 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from modeling_tinyllava import TinyLlavaProcessor
 from tinyllava_hf.assembly import add_image_token
 from tinyllava_hf.chat_templates import CHAT_TEMPLATES, resolve_chat_template, with_image_parts
+from tinyllava_hf.demo.tokenizer import build_tokenizer
 from tinyllava_hf.training.answer_mask import flatten_content
 from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
 from tinyllava_hf.training.data import normalize_messages, text_to_parts
-from tinyllava_hf.training.demo.components import build_tokenizer
 
 TEMPLATES = Path(__file__).parent / "fixtures" / "chat_templates"
 NUM_IMAGE_TOKENS = 4
