@@ -9,6 +9,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,20 @@ from pathlib import Path
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_THREADS = 2
+
+
+def run_worker(module: str, spec: dict, workdir: Path, label: str) -> dict:
+    """Runs `python -m module --worker SPEC --out FILE` in a fresh process (so that its peak RSS is its own) and
+    returns the measurements it wrote; RuntimeError with the end of its stderr, naming `label`, if it fails."""
+    out = workdir / f"run-{time.monotonic_ns()}.json"
+    command = [sys.executable, "-m", module, "--worker", json.dumps(spec), "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    completed = subprocess.run(command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{label} failed:\n{completed.stderr[-4000:]}")
+    return json.loads(out.read_text())
 
 
 def set_threads(num_threads: int = NUM_THREADS) -> None:

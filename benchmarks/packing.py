@@ -38,15 +38,12 @@ about 280-1000 tokens per sample (median about 420); the few longer ShareGPT sam
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
+from . import measure
 from .measure import NUM_THREADS, format_table, machine_load, write_results
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -360,14 +357,7 @@ def worker(spec: dict, out: Path) -> None:
 
 
 def run_worker(spec: dict, workdir: Path) -> dict:
-    """Runs `spec` in a fresh Python process (so that its peak RSS is its own) and returns its measurements."""
-    out = workdir / f"run-{time.monotonic_ns()}.json"
-    command = [sys.executable, "-m", "benchmarks.packing", "--worker", json.dumps(spec), "--out", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{spec['implementation']} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(out.read_text())
+    return measure.run_worker("benchmarks.packing", spec, workdir, spec["implementation"])
 
 
 def summarize(runs: list[dict], equivalence: dict) -> tuple[list[dict], dict]:

@@ -26,16 +26,14 @@ best 2048^3 matmul rate measured in any of the run's processes (each measures be
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from . import measure
 from .measure import (
     NUM_THREADS,
     RESULTS_DIR,
@@ -348,14 +346,7 @@ def worker(spec: dict, out: Path) -> None:
 
 
 def run_worker(spec: dict, workdir: Path) -> dict:
-    """Runs `spec` in a fresh Python process (so that its peak RSS is its own) and returns its measurements."""
-    out = workdir / f"run-{time.monotonic_ns()}.json"
-    command = [sys.executable, "-m", "benchmarks.training", "--worker", json.dumps(spec), "--out", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    completed = subprocess.run(command, check=False, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    if completed.returncode != 0:
-        raise RuntimeError(f"{spec['mode']}/{spec['implementation']} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(out.read_text())
+    return measure.run_worker("benchmarks.training", spec, workdir, f"{spec['mode']}/{spec['implementation']}")
 
 
 def matmul_ceiling(runs: list[dict]) -> float:
