@@ -32,6 +32,9 @@ from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProce
 from tinyllava_hf.demo.tokenizer import build_tokenizer as build_bpe_tokenizer
 
 # A tiny checkpoint written and run by the original TinyLLaVA Factory code, with its outputs (see its README).
+# The chat tests' fixtures (a word-answering checkpoint, test files), shared by three test modules.
+pytest_plugins = ["chat_helpers"]
+
 ORIGINAL_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "original_qwen2_siglip"
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "<pad>"]

@@ -9,11 +9,8 @@ import torch
 from chat_helpers import (
     MAX_NEW_TOKENS,
     assistant_turn,
-    chat_files,  # noqa: F401  (fixture)
     greedy_answer,
     user_turn,
-    word_model,  # noqa: F401  (fixture)
-    word_model_dir,  # noqa: F401  (fixture)
 )
 from conftest import assemble
 from PIL import Image
@@ -30,16 +27,16 @@ SETTINGS = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")
-def chat(word_model):  # noqa: F811
+def chat(word_model):
     return ChatModel(*word_model)
 
 
 @pytest.fixture(scope="module")
-def images(chat_files):  # noqa: F811
+def images(chat_files):
     return [Image.open(chat_files / f"image{seed}.png").convert("RGB") for seed in (0, 1)]
 
 
-def test_streamed_answer_equals_greedy_generate(chat, word_model, images):  # noqa: F811
+def test_streamed_answer_equals_greedy_generate(chat, word_model, images):
     references = [greedy_answer(*word_model, [user_turn(QUESTION, image)]) for image in images]
     assert references[0] and references[0] != references[1], "the test model's answers must depend on the image"
 
@@ -52,7 +49,7 @@ def test_streamed_answer_equals_greedy_generate(chat, word_model, images):  # no
     assert chat.answer(images[1], QUESTION, SETTINGS) == references[1]
 
 
-def test_conversation_keeps_history_until_a_new_image(chat, word_model, images):  # noqa: F811
+def test_conversation_keeps_history_until_a_new_image(chat, word_model, images):
     conversation = Conversation()
     first_prompt = conversation.next_prompt(QUESTION, images[0])
     first = chat.answer(images[0], QUESTION, SETTINGS)
@@ -70,7 +67,7 @@ def test_conversation_keeps_history_until_a_new_image(chat, word_model, images):
     assert conversation.messages == []
 
 
-def test_sampling_settings_reach_generate(chat, word_model, images):  # noqa: F811
+def test_sampling_settings_reach_generate(chat, word_model, images):
     assert GenerationSettings().generate_kwargs() == {"do_sample": False}
     sampling = GenerationSettings(MAX_NEW_TOKENS, temperature=1.5, top_p=0.9)
     assert sampling.generate_kwargs() == {"do_sample": True, "temperature": 1.5, "top_p": 0.9}
@@ -125,7 +122,7 @@ def test_context_limit_caps_the_answer_and_refuses_a_full_conversation(chat, ima
         chat.answer(images[0], "shape " * chat.context_length, SETTINGS)
 
 
-def test_open_image_explains_what_is_wrong(chat_files, tmp_path):  # noqa: F811
+def test_open_image_explains_what_is_wrong(chat_files, tmp_path):
     assert open_image(chat_files / "image0.png").mode == "RGB"
     with pytest.raises(ChatInputError, match="No such file: .*missing.png"):
         open_image(tmp_path / "missing.png")
@@ -166,7 +163,7 @@ def test_examples_are_the_demo_held_out_questions(tmp_path):
     assert find_examples(str(checkpoint)) == []  # trained on other data
 
 
-def test_page_handler_streams_and_recovers_from_a_bad_upload(chat, word_model, chat_files):  # noqa: F811
+def test_page_handler_streams_and_recovers_from_a_bad_upload(chat, word_model, chat_files):
     app, state = ChatApp(chat, SETTINGS), TabState()
     image = Image.open(chat_files / "image0.png").convert("RGB")
 
@@ -193,7 +190,7 @@ def test_page_handler_streams_and_recovers_from_a_bad_upload(chat, word_model, c
     assert history == [] and state.conversation.messages == [] and state.pending_image is None
 
 
-def test_a_failed_generation_leaves_the_page_usable(chat, chat_files, monkeypatch):  # noqa: F811
+def test_a_failed_generation_leaves_the_page_usable(chat, chat_files, monkeypatch):
     def failing_stream(prompt, settings):
         raise RuntimeError("CUDA out of memory")
         yield  # a generator, like the real one
@@ -205,7 +202,7 @@ def test_a_failed_generation_leaves_the_page_usable(chat, chat_files, monkeypatc
     assert box.interactive and state.conversation.num_turns == 0
 
 
-def test_answer_endpoint_function(chat, word_model, chat_files):  # noqa: F811
+def test_answer_endpoint_function(chat, word_model, chat_files):
     app = ChatApp(chat, SETTINGS)
     image = Image.open(chat_files / "image1.png").convert("RGB")
     assert app.answer(str(chat_files / "image1.png"), QUESTION) == greedy_answer(

@@ -9,11 +9,8 @@ import pytest
 from chat_helpers import (
     MAX_NEW_TOKENS,
     assistant_turn,
-    chat_files,  # noqa: F401  (fixture)
     greedy_answer,
     user_turn,
-    word_model,  # noqa: F401  (fixture)
-    word_model_dir,  # noqa: F401  (fixture)
 )
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -37,7 +34,7 @@ def chromium():
 
 
 @pytest.fixture(scope="module")
-def demo_checkpoint(word_model_dir, tmp_path_factory):  # noqa: F811
+def demo_checkpoint(word_model_dir, tmp_path_factory):
     """The word model as if the offline demo had trained it: a run record naming the demo's data, whose held-out
     questions the page offers as examples."""
     from tinyllava_hf.demo.dataset import write_demo_data
@@ -74,7 +71,7 @@ def open_rgb(path):
     return Image.open(path).convert("RGB")
 
 
-def test_upload_ask_and_follow_up(page, word_model, chat_files, tmp_path):  # noqa: F811
+def test_upload_ask_and_follow_up(page, word_model, chat_files, tmp_path):
     page.reset()
     image = open_rgb(chat_files / "image0.png")
     page.attach(chat_files / "image0.png")
@@ -89,7 +86,7 @@ def test_upload_ask_and_follow_up(page, word_model, chat_files, tmp_path):  # no
     assert page.screenshot(tmp_path / "chat.png").stat().st_size > 10_000
 
 
-def test_a_text_file_gets_an_error_and_the_chat_goes_on(page, word_model, chat_files):  # noqa: F811
+def test_a_text_file_gets_an_error_and_the_chat_goes_on(page, word_model, chat_files):
     page.reset()
     page.attach(chat_files / "notes.txt")
     error = page.ask(QUESTION)
@@ -101,7 +98,7 @@ def test_a_text_file_gets_an_error_and_the_chat_goes_on(page, word_model, chat_f
     assert answer != greedy_answer(*word_model, [user_turn(QUESTION, open_rgb(chat_files / "image0.png"))])
 
 
-def test_demo_examples_are_offered_and_answered(page, demo_checkpoint, word_model):  # noqa: F811
+def test_demo_examples_are_offered_and_answered(page, demo_checkpoint, word_model):
     (example, *_) = find_examples(str(demo_checkpoint))
     page.reset()
     page.use_example(example.question)
@@ -109,7 +106,7 @@ def test_demo_examples_are_offered_and_answered(page, demo_checkpoint, word_mode
     assert answer == greedy_answer(*word_model, [user_turn(example.question, open_rgb(example.image))])
 
 
-def test_answer_api(app_url, word_model, chat_files):  # noqa: F811
+def test_answer_api(app_url, word_model, chat_files):
     client = Client(app_url, verbose=False)
     answer = client.predict(handle_file(str(chat_files / "image1.png")), QUESTION, api_name="/answer")
     assert answer == greedy_answer(*word_model, [user_turn(QUESTION, open_rgb(chat_files / "image1.png"))])
@@ -117,7 +114,7 @@ def test_answer_api(app_url, word_model, chat_files):  # noqa: F811
         client.predict(handle_file(str(chat_files / "notes.txt")), QUESTION, api_name="/answer")
 
 
-def test_screenshot_tool(demo_checkpoint, word_model, tmp_path, capsys):  # noqa: F811
+def test_screenshot_tool(demo_checkpoint, word_model, tmp_path, capsys):
     from tinyllava_hf.chat.screenshot import main as screenshot_main
 
     output = tmp_path / "docs" / "chat.png"

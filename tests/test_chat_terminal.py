@@ -7,18 +7,15 @@ import sys
 from chat_helpers import (
     MAX_NEW_TOKENS,
     assistant_turn,
-    chat_files,  # noqa: F401  (fixture)
     greedy_answer,
     user_turn,
-    word_model,  # noqa: F401  (fixture)
-    word_model_dir,  # noqa: F401  (fixture)
 )
 from PIL import Image
 
 QUESTION, FOLLOW_UP, THIRD = "What is shown in the image?", "What color is the square?", "Is it on the left?"
 
 
-def test_piped_conversation_matches_greedy_generate(word_model_dir, word_model, chat_files):  # noqa: F811
+def test_piped_conversation_matches_greedy_generate(word_model_dir, word_model, chat_files):
     script = "\n".join(
         [
             f"/image {chat_files / 'image0.png'}",
