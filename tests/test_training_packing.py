@@ -9,13 +9,14 @@ import random
 
 import pytest
 import torch
-from conftest import assemble, make_image
+from conftest import assemble, chat, make_image
 from training_helpers import A1, A2, Q1, Q2, llava_record, train_argv, write_llava_dataset
 from trl import SFTConfig
 
 from tinyllava_hf.training.cli import run
 from tinyllava_hf.training.collator import IGNORE_INDEX, TinyLlavaCollator
 from tinyllava_hf.training.data import text_to_parts
+from tinyllava_hf.training.packed_attention import PACKED_SDPA, enable_packed_attention
 from tinyllava_hf.training.packing import PackedBatchSampler, best_fit_decreasing, next_fit
 from tinyllava_hf.training.supervised_head import install_supervised_lm_head
 from tinyllava_hf.training.train import prepare_args
@@ -99,12 +100,29 @@ def supervised_sum_and_grads(model, batch):
     return -output.log_probs.sum().detach(), output.loss.detach(), num_items, grads
 
 
+def set_attention(model, attention):
+    """`attention` is a transformers implementation, or "packed" for what `--packing true` switches sdpa to."""
+    if attention == "packed":
+        assert enable_packed_attention(model)
+        assert model.config.get_text_config()._attn_implementation == PACKED_SDPA
+    else:
+        model.set_attn_implementation(attention)
+
+
 @pytest.mark.parametrize(
-    "family, attention, flatten", [("llama", "sdpa", False), ("qwen2", "eager", False), ("phi", "sdpa", True)]
+    "family, attention, flatten",
+    [
+        ("llama", "sdpa", False),
+        ("qwen2", "eager", False),
+        ("phi", "sdpa", True),
+        ("llama", "packed", False),  # its padded batch goes through the 2D-mask path
+        ("gemma", "packed", False),
+        ("phi", "packed", False),
+    ],
 )
 def test_packed_step_equals_padded_step(components_dir, family, attention, flatten):
     model, processor = assemble(components_dir, family, "siglip")
-    model.set_attn_implementation(attention)
+    set_attention(model, attention)
     model.train()
     install_supervised_lm_head(model)
     samples = mixed_samples()
@@ -130,10 +148,10 @@ def test_packed_step_equals_padded_step(components_dir, family, attention, flatt
     )
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "packed"])
 def test_attention_never_crosses_samples_in_a_packed_row(components_dir, attention):
     model, processor = assemble(components_dir, "llama", "siglip")
-    model.set_attn_implementation(attention)
+    set_attention(model, attention)
     model.eval()
     samples = [
         sample("<image>\nWhat?", "Red.", seed=0),
@@ -159,6 +177,44 @@ def test_attention_never_crosses_samples_in_a_packed_row(components_dir, attenti
     torch.testing.assert_close(changed_logits[third], logits[third], rtol=0, atol=1e-6)
 
 
+def test_packed_attention_keeps_padded_batches_and_generation_as_sdpa(components_dir):
+    """Outside packed rows (left-padded batches, a KV cache), the packed attention is transformers' sdpa."""
+    reference, processor = assemble(components_dir, "llama", "siglip")
+    model, _ = assemble(components_dir, "llama", "siglip")
+    set_attention(model, "packed")
+    conversations = [chat("What color is it?", make_image(seed=0)), chat("Describe the picture in detail.")]
+    processor.tokenizer.padding_side = "left"
+    inputs = processor.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"padding": True},
+    )  # fmt: skip
+    assert not inputs["attention_mask"].all()  # the batch is padded
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, rtol=0, atol=1e-6)
+        generated = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert torch.equal(generated, reference.generate(**inputs, max_new_tokens=12, do_sample=False))
+    # Several new tokens on top of a KV cache, with no mask at all: causal to the cached keys too.
+    ids = inputs["input_ids"][1:, -40:]
+    logits = []
+    with torch.no_grad():
+        for m in (model, reference):
+            cache = m(input_ids=ids[:, :20], use_cache=True).past_key_values
+            output = m(input_ids=ids[:, 20:], cache=cache, use_cache=True)
+            assert output.past_key_values.get_seq_length() == 40
+            logits.append(output.logits)
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-6)
+
+
+def test_packed_attention_leaves_sliding_window_and_other_attention_alone(components_dir):
+    model, _ = assemble(components_dir, "qwen2", "siglip")
+    model.config.text_config.layer_types = ["sliding_attention", "full_attention"]
+    assert not enable_packed_attention(model)
+    model, _ = assemble(components_dir, "llama", "siglip")
+    model.set_attn_implementation("eager")
+    assert not enable_packed_attention(model)
+    assert model.config.get_text_config()._attn_implementation == "eager"
+
+
 @pytest.mark.parametrize("recipe", ["finetune", "finetune_lora"])
 def test_packed_training_run(components_dir, tmp_path, caplog, recipe):
     """Packed rows through the whole CLI, with activation checkpointing (full fine-tune) and with LoRA."""
@@ -181,9 +237,12 @@ def test_packed_training_run(components_dir, tmp_path, caplog, recipe):
         "--activation_checkpointing", str(recipe == "finetune").lower(),
         max_steps=2,
     )  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="tinyllava_hf.training.packing"):
+    with caplog.at_level(logging.INFO, logger="tinyllava_hf.training"):
         output_dir = run(argv)
     assert "Packing: 8 samples in" in caplog.text
+    assert f"attends within each packed sample only ({PACKED_SDPA})" in caplog.text
+    # The switch is for the run only: the checkpoint loads with plain sdpa.
+    assert "attn_implementation" not in (output_dir / "config.json").read_text()
     record = json.loads((output_dir / "tinyllava_run.json").read_text())
     stage = record["stages"][-1] if "stages" in record else record
     assert stage["hyperparameters"]["packing"] is True

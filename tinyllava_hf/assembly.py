@@ -100,6 +100,10 @@ def assemble_model(
     # Swap in the pretrained parts, then materialise the only fresh module, the connector.
     model.model.language_model = getattr(language_model, language_model.base_model_prefix)
     model.model.vision_tower = vision_model
+    # One config object per part, as `cls(config)` has it: transformers finds a sub-model by its config's identity
+    # (`set_attn_implementation({"text_config": ...})`, sub-config defaults), and the loaded parts bring their own.
+    model.config.text_config = model.model.language_model.config
+    model.config.vision_config = vision_model.config
     lm_head = language_model.get_output_embeddings()
     if config.lm_head_bias and lm_head.bias is None:
         raise ValueError(f"{llm} has an LM head without bias, but lm_head_bias=True was requested.")

@@ -7,9 +7,11 @@ two places:
    token counts `training.data` measured when it checked each sample (nothing is tokenized twice). The rows are
    fixed once for the run; each epoch shuffles them and groups `rows_per_batch` rows into a batch.
 2. `pack_rows` (the collator's packing mode) lays the encoded samples of a batch out in those rows: `position_ids`
-   restart at 0 for each sample, and no attention mask is passed. transformers then builds a block-diagonal causal
-   mask from the restarting positions (`masking_utils.find_packed_sequence_indices`; it does so only when the
-   attention mask is None and there is no cache, which holds in training), for sdpa, eager and flash attention.
+   restart at 0 for each sample, and no attention mask is passed. With `sdpa` (the default), `training.train`
+   switches the LLM to `training.packed_attention`, one causal SDPA call per sample. Otherwise transformers builds
+   a block-diagonal causal mask from the restarting positions (`masking_utils.find_packed_sequence_indices`; it does
+   so only when the attention mask is None and there is no cache, which holds in training) for eager attention,
+   and flash attention runs its varlen kernel on rows flattened into one.
 
 A sample is never split, so an image's placeholder run is never cut, and the images of a batch stay in the order
 of their placeholders in the flattened rows. The first label of each sample is -100: after the causal shift it

@@ -26,6 +26,7 @@ from .distributed import (
 from .malloc_tuning import tune_malloc
 from .merge import merge_adapter
 from .outputs import plot_loss_curve, write_model_card, write_run_record
+from .packed_attention import enable_packed_attention
 from .packing import PackedBatchSampler
 from .trainer import TinyLlavaSFTTrainer
 from .tuning import apply_lora, set_trainable
@@ -276,7 +277,8 @@ def train(
             seed=args.seed,
         )
     model = load_model(model_args, args)
-    collator.flatten_packed_rows = packing and "flash" in (model.config.get_text_config()._attn_implementation or "")
+    if packing and not enable_packed_attention(model):
+        collator.flatten_packed_rows = "flash" in (model.config.get_text_config()._attn_implementation or "")
 
     base_checkpoint = model_args.model_name_or_path
     if model_args.uses_lora:
