@@ -32,8 +32,9 @@ from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProce
 from tinyllava_hf.demo.tokenizer import build_tokenizer as build_bpe_tokenizer
 
 # A tiny checkpoint written and run by the original TinyLLaVA Factory code, with its outputs (see its README).
-# The chat tests' fixtures (a word-answering checkpoint, test files), shared by three test modules.
-pytest_plugins = ["chat_helpers"]
+# Shared session fixtures: the chat tests' word-answering checkpoint and test files (three modules), and the model
+# trained to read colors that the deployment tests compare runtimes on (ONNX, GGUF).
+pytest_plugins = ["chat_helpers", "trained_vlm"]
 
 ORIGINAL_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "original_qwen2_siglip"
 
