@@ -29,7 +29,7 @@ from ..chat_templates import CHAT_TEMPLATES, SYSTEM_PROMPT
 from .errors import ConversionError
 from .gguf_lm import gguf_architecture, lm_tensors, to_numpy, write_lm_hparams
 from .gguf_mmproj import MmprojPlan, mmproj_tensors, plan_mmproj, write_mmproj
-from .gguf_tokenizer import write_tokenizer
+from .gguf_tokenizer import tokenizer_lossy_reasons, write_tokenizer
 from .original import ConversionResult
 from .output import atomic_output, check_source_repo
 from .parity import PROBE_QUESTION, probe_image
@@ -180,7 +180,7 @@ def measure_lossy_effect(model, processor, plan: MmprojPlan, max_new_tokens: int
 
 def lossy_reasons(model, processor, plan: MmprojPlan) -> list[str]:
     """Everything llama.cpp would compute differently from `model`; empty when the export is exact."""
-    reasons = list(plan.lossy)
+    reasons = list(plan.lossy) + tokenizer_lossy_reasons(processor.tokenizer)
     if processor.image_aspect_ratio == "pad":
         reasons.append(
             "image_aspect_ratio='pad': libmtmd letterboxes images itself, with its fixed colour (122, 116, 104) "

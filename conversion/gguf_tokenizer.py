@@ -2,8 +2,10 @@
 
 llama.cpp re-implements tokenizers from a token list plus a pre-tokenizer name. Byte-level BPE tokenizers (GPT-2,
 Phi-2, Qwen2, Llama 3 and the tests' and demo's tokenizers) are exported with their merges; the pre-tokenizer name is
-read from the tokenizer's own split rule, so that llama.cpp splits text exactly as `tokenizers` does. Anything else
-is refused with the reason, rather than exported with a tokenizer that would silently split text differently.
+read from the tokenizer's own split rule, so that llama.cpp splits text exactly as `tokenizers` does.
+SentencePiece-style tokenizers (Llama 2, TinyLlama, Gemma) become llama.cpp's `llama` vocabulary
+(`gguf_tokenizer_spm.py`). Anything else is refused with the reason, rather than exported with a tokenizer that would
+silently split text differently.
 """
 
 import json
@@ -11,6 +13,7 @@ import json
 import gguf
 
 from .errors import ConversionError
+from .gguf_tokenizer_spm import is_sentencepiece_style, metaspace_reason, spm_vocabulary
 
 # The regexes of byte-level BPE tokenizers that split with an explicit `Split` pre-tokenizer, by llama.cpp's name.
 _SPLIT_REGEXES = {
@@ -42,12 +45,19 @@ def _pre_tokenizer_name(spec: dict | None) -> str:
     )
 
 
+def tokenizer_lossy_reasons(tokenizer) -> list[str]:
+    """What llama.cpp's tokenizer would split differently from `tokenizer` although it can be exported."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    reason = metaspace_reason(spec) if is_sentencepiece_style(spec) else None
+    return [reason] if reason else []
+
+
 def write_tokenizer(writer, tokenizer, vocab_size: int, eos_token_id: int) -> None:
-    """Adds `tokenizer.ggml.*` for a byte-level BPE `tokenizer`, padded to the model's `vocab_size` rows.
+    """Adds `tokenizer.ggml.*` for `tokenizer`, padded to the model's `vocab_size` rows.
 
     Args:
         writer: the `gguf.GGUFWriter` of the language model file.
-        tokenizer: a `PreTrainedTokenizerFast`.
+        tokenizer: a `PreTrainedTokenizerFast`: byte-level BPE, or SentencePiece-style (byte-fallback BPE).
         vocab_size: rows of the model's token embedding (may exceed the tokenizer's size; extra rows are unused).
         eos_token_id: the token that ends generation (the model's `generation_config.eos_token_id`).
 
@@ -55,20 +65,31 @@ def write_tokenizer(writer, tokenizer, vocab_size: int, eos_token_id: int) -> No
         ConversionError: for a tokenizer llama.cpp would not reproduce exactly.
     """
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = tokenizer.get_vocab()
+    if len(vocab) > vocab_size:
+        raise ConversionError(f"the tokenizer has {len(vocab)} tokens but the model embeds only {vocab_size}.")
+    if is_sentencepiece_style(spec):
+        spm = spm_vocabulary(spec, vocab, vocab_size, tokenizer.unk_token_id)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(spm.tokens)
+        writer.add_token_scores(spm.scores)
+        writer.add_token_types(spm.types)
+        writer.add_add_space_prefix(spm.add_space_prefix)
+    else:
+        _write_byte_level_bpe(writer, spec, vocab, vocab_size)
+    _write_special_tokens(writer, tokenizer, eos_token_id)
+
+
+def _write_byte_level_bpe(writer, spec: dict, vocab: dict[str, int], vocab_size: int) -> None:
     model = spec["model"]
     if model.get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
         raise ConversionError(
             f"tokenizer model {model.get('type')!r} with decoder {(spec.get('decoder') or {}).get('type')!r}: only "
-            "byte-level BPE tokenizers are exported to GGUF (SentencePiece tokenizers such as Llama 2's and Gemma's "
-            "are not supported yet)."
+            "byte-level BPE and SentencePiece-style (byte-fallback BPE) tokenizers are exported to GGUF."
         )
     if spec.get("normalizer") is not None and spec["normalizer"].get("type") != "NFC":
         raise ConversionError(f"tokenizer normalizer {spec['normalizer'].get('type')!r} has no llama.cpp equivalent.")
     pre = _pre_tokenizer_name(spec.get("pre_tokenizer"))
-
-    vocab = tokenizer.get_vocab()
-    if len(vocab) > vocab_size:
-        raise ConversionError(f"the tokenizer has {len(vocab)} tokens but the model embeds only {vocab_size}.")
     by_id = {index: token for token, index in vocab.items()}
     added = {t["id"]: t for t in spec.get("added_tokens", [])}
     tokens, types = [], []
@@ -83,12 +104,14 @@ def write_tokenizer(writer, tokenizer, vocab_size: int, eos_token_id: int) -> No
             tokens.append(by_id[index])
             types.append(gguf.TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+
+
+def _write_special_tokens(writer, tokenizer, eos_token_id: int) -> None:
     probe = tokenizer("a").input_ids
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
