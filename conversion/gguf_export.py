@@ -53,11 +53,12 @@ def gguf_chat_template(template: str) -> str:
 
     Clients that send images as content parts get them back as text parts holding the marker (llama-cpp-python's
     `MTMDChatHandler`, llama-server); those markers are counted as images too, so that every image still moves to
-    the front of its turn as the original does.
+    the front of its turn as the original does. Markers are counted with `split` rather than `count`, which
+    llama.cpp's own Jinja engine (`llama-mtmd-cli --jinja`, llama-server) does not implement.
     """
     template = _GENERATION_TAGS.sub("", template).replace(IMAGE_TOKEN, MEDIA_MARKER)
     count_markers = (
-        "{%- set num_images = num_images + text.count('" + MEDIA_MARKER + "') -%}"
+        "{%- set num_images = num_images + (text.split('" + MEDIA_MARKER + "') | length) - 1 -%}"
         "{%- set text = text.replace('" + MEDIA_MARKER + "', '') -%}"
     )
     anchor = "{%- if message['role'] == 'user' -%}"

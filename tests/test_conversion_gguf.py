@@ -165,7 +165,7 @@ def test_export_writes_the_promised_files(components_dir, tmp_path):
 def test_model_card_python_snippet_runs(components_dir, tmp_path, monkeypatch):
     _, _, dst, _ = export(components_dir, tmp_path, outtype="f16", vision_feature_select_strategy="full")
     card = (dst / "README.md").read_text()
-    assert "## Run with llama.cpp" in card and "llama-mtmd-cli -m" in card
+    assert "## Run with llama.cpp" in card and "llama-mtmd-cli -m" in card and "--jinja" in card
     snippet = card.split("```python\n")[1].split("```")[0]
     make_image(32, 32).save(dst / "photo.png")
     monkeypatch.chdir(dst)
