@@ -162,6 +162,18 @@ def test_export_writes_the_promised_files(components_dir, tmp_path):
     assert not json.loads((dst / "conversion.json").read_text())["lossy"]
 
 
+@pytest.mark.parametrize("template", ["llama", "phi", "gemma", "qwen2_base", "qwen2_instruct"])
+def test_gguf_chat_template_avoids_what_llamacpps_jinja_engine_lacks(template):
+    """`llama-mtmd-cli --jinja` (llama.cpp's own Jinja engine, not Jinja2) aborted on `str.count` ("Callee is not a
+    function"); the exported templates count images with `split` instead, and still render the images' turns."""
+    from tinyllava_hf.chat_templates import CHAT_TEMPLATES
+    from tinyllava_hf.conversion.gguf_export import MEDIA_MARKER, gguf_chat_template
+
+    exported = gguf_chat_template(CHAT_TEMPLATES[template])
+    assert ".count(" not in exported
+    assert "{% generation" not in exported and "<image>" not in exported and MEDIA_MARKER in exported
+
+
 def test_model_card_python_snippet_runs(components_dir, tmp_path, monkeypatch):
     _, _, dst, _ = export(components_dir, tmp_path, outtype="f16", vision_feature_select_strategy="full")
     card = (dst / "README.md").read_text()
