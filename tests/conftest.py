@@ -173,13 +173,16 @@ def tiny_model_and_processor(components_dir):
     return assemble(components_dir, "qwen2", "siglip")
 
 
-@pytest.fixture(scope="session")
-def saved_model_dir(tiny_model_and_processor, tmp_path_factory):
-    model, processor = tiny_model_and_processor
-    path = tmp_path_factory.mktemp("saved") / "tiny-tinyllava"
+def save_model_dir(model, processor, path):
+    """Saves a model and its processor into one checkpoint directory, as a user's `save_pretrained` calls do."""
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def saved_model_dir(tiny_model_and_processor, tmp_path_factory):
+    return save_model_dir(*tiny_model_and_processor, tmp_path_factory.mktemp("saved") / "tiny-tinyllava")
 
 
 @pytest.fixture(scope="session")
@@ -200,11 +203,7 @@ def varied_model_and_processor(components_dir):
 
 @pytest.fixture(scope="session")
 def varied_model_dir(varied_model_and_processor, tmp_path_factory):
-    model, processor = varied_model_and_processor
-    path = tmp_path_factory.mktemp("varied") / "model"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return save_model_dir(*varied_model_and_processor, tmp_path_factory.mktemp("varied") / "model")
 
 
 def make_image(width=40, height=24, seed=0) -> Image.Image:

@@ -163,7 +163,7 @@ def test_export_writes_the_promised_files(components_dir, tmp_path):
 
 
 @pytest.mark.parametrize("template", ["llama", "phi", "gemma", "qwen2_base", "qwen2_instruct"])
-def test_gguf_chat_template_avoids_what_llamacpps_jinja_engine_lacks(template):
+def test_gguf_chat_template_has_no_str_count_which_llamacpps_jinja_engine_lacks(template):
     """`llama-mtmd-cli --jinja` (llama.cpp's own Jinja engine, not Jinja2) aborted on `str.count` ("Callee is not a
     function"); the exported templates count images with `split` instead, and still render the images' turns."""
     from tinyllava_hf.chat_templates import CHAT_TEMPLATES

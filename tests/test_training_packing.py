@@ -115,7 +115,7 @@ def set_attention(model, attention):
         ("llama", "sdpa", False),
         ("qwen2", "eager", False),
         ("phi", "sdpa", True),
-        ("llama", "packed", False),  # its padded batch goes through the 2D-mask path
+        ("llama", "packed", False),  # its padded batch takes the sdpa path, with sdpa's mask
         ("gemma", "packed", False),
         ("phi", "packed", False),
     ],
@@ -209,6 +209,7 @@ def test_packed_attention_leaves_sliding_window_and_other_attention_alone(compon
     model, _ = assemble(components_dir, "qwen2", "siglip")
     model.config.text_config.layer_types = ["sliding_attention", "full_attention"]
     assert not enable_packed_attention(model)
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
     model, _ = assemble(components_dir, "llama", "siglip")
     model.set_attn_implementation("eager")
     assert not enable_packed_attention(model)

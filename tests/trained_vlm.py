@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from chat_helpers import greedy_answer
+from conftest import chat, save_model_dir
 from PIL import Image
 
 from modeling_tinyllava import TinyLlavaForConditionalGeneration, TinyLlavaProcessor
@@ -43,25 +45,11 @@ class TrainedVLM:
         return sum(a == item["answer"] for a, item in zip(answers, self.held_out, strict=True)) / len(self.held_out)
 
 
-def conversation(question: str, image=None, answer: str | None = None) -> list[dict]:
-    image_part = {"type": "image"} if image is None else {"type": "image", "image": image}
-    messages = [{"role": "user", "content": [image_part, {"type": "text", "text": question}]}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
-
-
-@torch.no_grad()
 def greedy_answers(model, processor, questions: list[str], images: list) -> list[str]:
-    answers = []
-    for question, image in zip(questions, images, strict=True):
-        inputs = processor.apply_chat_template(
-            conversation(question, image), add_generation_prompt=True, tokenize=True, return_dict=True,
-            return_tensors="pt",
-        )  # fmt: skip
-        output = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        answers.append(processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
-    return answers
+    return [
+        greedy_answer(model, processor, chat(question, image), MAX_NEW_TOKENS)
+        for question, image in zip(questions, images, strict=True)
+    ]
 
 
 def train_color_reader(root: Path) -> TrainedVLM:
@@ -79,8 +67,11 @@ def train_color_reader(root: Path) -> TrainedVLM:
     model = TinyLlavaForConditionalGeneration.from_pretrained_components(**parts, vision_feature_layer=-1)
     processor = TinyLlavaProcessor.from_pretrained_components(**parts, vision_feature_layer=-1)
     images = [Image.open(item["image_path"]).convert("RGB") for item in train]
-    texts = [processor.apply_chat_template(conversation(i["question"], answer=i["answer"])) for i in train]
-    prompts = [processor.apply_chat_template(conversation(i["question"]), add_generation_prompt=True) for i in train]
+    texts = [processor.apply_chat_template(chat(i["question"], im, i["answer"])) for i, im in zip(train, images)]
+    prompts = [
+        processor.apply_chat_template(chat(i["question"], im), add_generation_prompt=True)
+        for i, im in zip(train, images)
+    ]
     processor.tokenizer.padding_side = "right"
     batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
     prompt_lengths = processor(text=prompts, images=images, return_tensors="pt", padding=True)["attention_mask"].sum(1)
@@ -96,9 +87,7 @@ def train_color_reader(root: Path) -> TrainedVLM:
     model.eval()
     processor.tokenizer.padding_side = "left"
 
-    path = root / "color-reader"
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    path = save_model_dir(model, processor, root / "color-reader")
     questions = [item["question"] for item in held_out]
     real = [Image.open(item["image_path"]).convert("RGB") for item in held_out]
     return TrainedVLM(
